@@ -1,0 +1,42 @@
+//! swarmlm-kernels: the CPU hot loops of batch-1 Mixtral decode (and prefill).
+//!
+//! At batch 1 a token costs one pass over the active weights, so decode speed is memory read
+//! bandwidth divided by bytes per token. These kernels exist to run at that roofline: bf16
+//! weights (straight from a memory map, only 2-byte aligned) times f32 activations, with the
+//! SIMD path (AVX-512 / AVX2+FMA / scalar) chosen once at run time, and work split over a
+//! persistent [`Pool`] of threads sized to physical cores.
+//!
+//! Layout conventions: weights row-major `[out, in]`; activations f32; every function that
+//! takes a `&Pool` splits by output rows (or KV heads) and never allocates per call, except
+//! [`expert_ffn_bf16_batch`] growing its caller-owned scratch `Vec` when it is too small.
+//! Plain functions panic on mismatched lengths (a caller bug); `try_*` twins return
+//! [`KernelError`]; `*_with` twins take an explicit [`Isa`] (tests, benchmarks).
+
+// Kernels index several parallel arrays by the same lane/row number; iterator chains would hide
+// that correspondence rather than clarify it.
+#![allow(clippy::needless_range_loop)]
+
+mod attention;
+mod backend;
+mod error;
+mod isa;
+mod linear;
+mod math;
+mod pool;
+mod rope;
+
+pub use half::bf16;
+
+pub use attention::{
+    attention_decode, try_attention_decode, try_attention_decode_with, KvCacheLayer,
+};
+pub use error::KernelError;
+pub use isa::{isa, Isa};
+pub use linear::{
+    expert_ffn_bf16, expert_ffn_bf16_batch, matmul_bf16, matvec_bf16, try_expert_ffn_bf16,
+    try_expert_ffn_bf16_batch, try_expert_ffn_bf16_batch_with, try_expert_ffn_bf16_with,
+    try_matmul_bf16, try_matmul_bf16_with, try_matvec_bf16, try_matvec_bf16_with,
+};
+pub use math::{rms_norm, rms_norm_bf16, silu, softmax_in_place, try_rms_norm, try_rms_norm_bf16};
+pub use pool::{split_range, Pool};
+pub use rope::{RopeLayout, RopeTable};

@@ -1,0 +1,570 @@
+//! bf16-weight × f32-activation products: matvec (decode), tiled matmul (prefill) and the fused
+//! SwiGLU expert FFN built from them.
+//!
+//! At batch 1 these loops stream every active weight byte from memory once per token, so they
+//! are written to keep the memory system busy: several rows per micro-kernel share the x loads,
+//! work is split by output rows over the persistent [`Pool`], and nothing allocates per call.
+
+use crate::backend::Backend;
+use crate::error::{check_len, check_min_len, mul, or_panic, KernelError};
+use crate::isa::Isa;
+use crate::math::silu;
+use crate::pool::{split_range, Pool, SharedMut};
+use half::bf16;
+
+/// Below this many weight elements an op runs on the calling thread: waking workers costs a
+/// few microseconds, more than the op.
+const PAR_MIN_ELEMS: usize = 1 << 16;
+
+/// Output rows per thread chunk are multiples of this: 16 f32 = one 64-byte cache line.
+const ROW_ALIGN: usize = 16;
+
+/// Runs `$body` with `$b` bound to the backend of `$isa` (falling back to scalar when the
+/// requested ISA is not implemented or not supported by this CPU).
+macro_rules! with_backend {
+    ($isa:expr, $b:ident => $body:expr) => {{
+        let _ = $isa;
+        let $b = $crate::backend::Scalar;
+        $body
+    }};
+}
+pub(crate) use with_backend;
+
+/// What a kernel does with each computed dot product.
+#[derive(Clone, Copy, Debug)]
+enum Mode {
+    /// `y = dot`
+    Store,
+    /// `y += scale * dot`
+    AddScaled(f32),
+}
+
+// ---------------------------------------------------------------------------------------------
+// matvec
+
+/// `y[r] = Σ_c w[r*cols + c] * x[c]` with `rows = y.len()`, `cols = x.len()`, split by output
+/// rows over the pool. Results are bitwise identical for any pool size.
+///
+/// # Panics
+/// If `w.len() != y.len() * x.len()` (see [`try_matvec_bf16`]).
+#[track_caller]
+pub fn matvec_bf16(pool: &Pool, w: &[bf16], x: &[f32], y: &mut [f32]) {
+    or_panic(try_matvec_bf16_with(Isa::detect(), pool, w, x, y));
+}
+
+/// [`matvec_bf16`] returning an error on mismatched lengths.
+pub fn try_matvec_bf16(
+    pool: &Pool,
+    w: &[bf16],
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    try_matvec_bf16_with(Isa::detect(), pool, w, x, y)
+}
+
+/// [`matvec_bf16`] on an explicit code path (unsupported paths fall back to scalar).
+pub fn try_matvec_bf16_with(
+    isa: Isa,
+    pool: &Pool,
+    w: &[bf16],
+    x: &[f32],
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let n = mul("matvec_bf16", "w", y.len(), x.len())?;
+    check_len("matvec_bf16", "w", n, w.len())?;
+    with_backend!(isa, b => matvec_driver(b, pool, w, x, y, Mode::Store));
+    Ok(())
+}
+
+fn matvec_driver<B: Backend>(b: B, pool: &Pool, w: &[bf16], x: &[f32], y: &mut [f32], mode: Mode) {
+    let rows = y.len();
+    let cols = x.len();
+    if rows == 0 {
+        return;
+    }
+    let ys = SharedMut::new(y);
+    let job = |i: usize, n: usize| {
+        let r = split_range(rows, n, i, ROW_ALIGN);
+        if r.is_empty() {
+            return;
+        }
+        // SAFETY: split_range gives each thread a disjoint row range of `y`, which outlives
+        // the job (pool.run returns only after all shares finish).
+        let y = unsafe { ys.slice(r.clone()) };
+        matvec_rows(b, &w[r.start * cols..r.end * cols], x, y, mode);
+    };
+    if rows * cols < PAR_MIN_ELEMS || pool.threads() == 1 {
+        job(0, 1);
+    } else {
+        pool.run(job);
+    }
+}
+
+/// Rows of `w` (exactly `y.len()` rows of `x.len()` columns) dotted with `x`.
+fn matvec_rows<B: Backend>(b: B, w: &[bf16], x: &[f32], y: &mut [f32], mode: Mode) {
+    let cols = x.len();
+    let row = |r: usize| &w[r * cols..(r + 1) * cols];
+    let emit = |y: &mut f32, v: f32| match mode {
+        Mode::Store => *y = v,
+        Mode::AddScaled(s) => *y += s * v,
+    };
+    let mut r = 0;
+    let rows = y.len();
+    while r + 4 <= rows {
+        let v = b.dot_rows::<4>([row(r), row(r + 1), row(r + 2), row(r + 3)], x);
+        for k in 0..4 {
+            emit(&mut y[r + k], v[k]);
+        }
+        r += 4;
+    }
+    while r < rows {
+        let v = b.dot_rows::<1>([row(r)], x);
+        emit(&mut y[r], v[0]);
+        r += 1;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmul
+
+/// Batched product for prefill: `x` is `[n, cols]` row-major, `y` is `[n, rows]`;
+/// `y[t*rows + r] = Σ_c w[r*cols + c] * x[t*cols + c]`. Weight rows are read once per block of
+/// tokens (register tiles of 4 rows × 3 tokens), rows split over the pool.
+///
+/// # Panics
+/// If `x.len()` is not a multiple of `n` or the lengths do not agree (see [`try_matmul_bf16`]).
+#[track_caller]
+pub fn matmul_bf16(pool: &Pool, w: &[bf16], x: &[f32], n: usize, y: &mut [f32]) {
+    or_panic(try_matmul_bf16_with(Isa::detect(), pool, w, x, n, y));
+}
+
+/// [`matmul_bf16`] returning an error on mismatched lengths.
+pub fn try_matmul_bf16(
+    pool: &Pool,
+    w: &[bf16],
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    try_matmul_bf16_with(Isa::detect(), pool, w, x, n, y)
+}
+
+/// `(rows, cols)` of a batched product, validated.
+fn matmul_shape(
+    kernel: &'static str,
+    w: usize,
+    x: usize,
+    n: usize,
+    y: usize,
+) -> Result<(usize, usize), KernelError> {
+    if n == 0 {
+        check_len(kernel, "x", 0, x)?;
+        check_len(kernel, "y", 0, y)?;
+        return Ok((0, 0));
+    }
+    if !x.is_multiple_of(n) || !y.is_multiple_of(n) {
+        return Err(KernelError::Invalid {
+            kernel,
+            arg: if !x.is_multiple_of(n) { "x" } else { "y" },
+            what: format!(
+                "length {} is not a multiple of n = {n}",
+                if !x.is_multiple_of(n) { x } else { y }
+            ),
+        });
+    }
+    let (cols, rows) = (x / n, y / n);
+    check_len(kernel, "w", mul(kernel, "w", rows, cols)?, w)?;
+    Ok((rows, cols))
+}
+
+/// [`matmul_bf16`] on an explicit code path.
+pub fn try_matmul_bf16_with(
+    isa: Isa,
+    pool: &Pool,
+    w: &[bf16],
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let (rows, cols) = matmul_shape("matmul_bf16", w.len(), x.len(), n, y.len())?;
+    if n == 0 || rows == 0 {
+        return Ok(());
+    }
+    let ys = SharedMut::new(y);
+    with_backend!(isa, b => matmul_driver(b, pool, w, rows, cols, x, n, |t, r, v| {
+        // SAFETY: each thread owns a disjoint set of rows `r`, so the elements t*rows + r are
+        // disjoint across threads; `y` outlives the job.
+        unsafe { ys.set(t * rows + r, v) }
+    }));
+    Ok(())
+}
+
+/// Tokens per block so a block of activations (`tokens × cols` f32) stays in L2 while the
+/// weight rows of a tile are reused across it.
+fn token_block(cols: usize) -> usize {
+    let fit = (256 * 1024) / (cols.max(1) * 4);
+    (fit / 3 * 3).clamp(3, 96)
+}
+
+/// Generic prefill driver: `emit(t, r, dot(w[r], x[t]))` for every token and row, rows split
+/// over the pool. `emit` must be safe to call concurrently for distinct rows.
+#[allow(clippy::too_many_arguments)]
+fn matmul_driver<B: Backend>(
+    b: B,
+    pool: &Pool,
+    w: &[bf16],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    emit: impl Fn(usize, usize, f32) + Sync,
+) {
+    let row = |r: usize| &w[r * cols..(r + 1) * cols];
+    let job = |i: usize, nt: usize| {
+        let rr = split_range(rows, nt, i, ROW_ALIGN);
+        if rr.is_empty() {
+            return;
+        }
+        let full = rr.start + (rr.len() / 4) * 4;
+        run_tiles::<B, 4>(
+            b,
+            x,
+            cols,
+            n,
+            (rr.start..full).step_by(4),
+            |r| [row(r), row(r + 1), row(r + 2), row(r + 3)],
+            |r, t, v| {
+                for (k, vk) in v.into_iter().enumerate() {
+                    emit(t, r + k, vk);
+                }
+            },
+        );
+        run_tiles::<B, 1>(
+            b,
+            x,
+            cols,
+            n,
+            full..rr.end,
+            |r| [row(r)],
+            |r, t, v| emit(t, r, v[0]),
+        );
+    };
+    if rows * cols * n < PAR_MIN_ELEMS || pool.threads() == 1 {
+        job(0, 1);
+    } else {
+        pool.run(job);
+    }
+}
+
+/// For each block of tokens, for each unit (a group of R weight rows), register tiles over the
+/// block's tokens; `emit(unit, token, dots)`.
+#[allow(clippy::too_many_arguments)]
+fn run_tiles<'w, B: Backend, const R: usize>(
+    b: B,
+    x: &[f32],
+    cols: usize,
+    n: usize,
+    units: impl Iterator<Item = usize> + Clone,
+    rows_of: impl Fn(usize) -> [&'w [bf16]; R],
+    emit: impl Fn(usize, usize, [f32; R]),
+) {
+    let xt = |t: usize| &x[t * cols..(t + 1) * cols];
+    let tb = token_block(cols);
+    let mut t0 = 0;
+    while t0 < n {
+        let t_end = (t0 + tb).min(n);
+        for u in units.clone() {
+            let rs = rows_of(u);
+            let mut t = t0;
+            while t + 3 <= t_end {
+                let o = b.dot_tile::<R, 3>(rs, [xt(t), xt(t + 1), xt(t + 2)]);
+                for k in 0..3 {
+                    emit(u, t + k, std::array::from_fn(|r| o[r][k]));
+                }
+                t += 3;
+            }
+            match t_end - t {
+                2 => {
+                    let o = b.dot_tile::<R, 2>(rs, [xt(t), xt(t + 1)]);
+                    for k in 0..2 {
+                        emit(u, t + k, std::array::from_fn(|r| o[r][k]));
+                    }
+                }
+                1 => {
+                    let o = b.dot_tile::<R, 1>(rs, [xt(t)]);
+                    emit(u, t, std::array::from_fn(|r| o[r][0]));
+                }
+                _ => {}
+            }
+        }
+        t0 = t_end;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// expert FFN
+
+/// One expert's SwiGLU FFN for one token:
+/// `out += scale * w2 · (silu(w1·x) ⊙ (w3·x))`, `w1, w3: [I, H]`, `w2: [H, I]`, `H = x.len()`.
+/// `w1` and `w3` are streamed in one pass sharing the x loads, SiLU·multiply is fused into it,
+/// then `w2`. `scratch` needs at least `I` floats.
+///
+/// # Panics
+/// On mismatched lengths (see [`try_expert_ffn_bf16`]).
+#[allow(clippy::too_many_arguments)]
+#[track_caller]
+pub fn expert_ffn_bf16(
+    pool: &Pool,
+    w1: &[bf16],
+    w3: &[bf16],
+    w2: &[bf16],
+    x: &[f32],
+    scale: f32,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    or_panic(try_expert_ffn_bf16_with(
+        Isa::detect(),
+        pool,
+        w1,
+        w3,
+        w2,
+        x,
+        scale,
+        out,
+        scratch,
+    ));
+}
+
+/// [`expert_ffn_bf16`] returning an error on mismatched lengths.
+#[allow(clippy::too_many_arguments)]
+pub fn try_expert_ffn_bf16(
+    pool: &Pool,
+    w1: &[bf16],
+    w3: &[bf16],
+    w2: &[bf16],
+    x: &[f32],
+    scale: f32,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), KernelError> {
+    try_expert_ffn_bf16_with(Isa::detect(), pool, w1, w3, w2, x, scale, out, scratch)
+}
+
+/// Validates expert weights against `h = x.len()`; returns the intermediate size I.
+fn expert_shape(
+    kernel: &'static str,
+    w1: usize,
+    w3: usize,
+    w2: usize,
+    h: usize,
+) -> Result<usize, KernelError> {
+    if h == 0 {
+        return Err(KernelError::Invalid {
+            kernel,
+            arg: "x",
+            what: "hidden size is 0".into(),
+        });
+    }
+    if !w1.is_multiple_of(h) {
+        return Err(KernelError::Invalid {
+            kernel,
+            arg: "w1",
+            what: format!("length {w1} is not a multiple of the hidden size {h}"),
+        });
+    }
+    let inter = w1 / h;
+    check_len(kernel, "w3", w1, w3)?;
+    check_len(kernel, "w2", w1, w2)?;
+    Ok(inter)
+}
+
+/// [`expert_ffn_bf16`] on an explicit code path.
+#[allow(clippy::too_many_arguments)]
+pub fn try_expert_ffn_bf16_with(
+    isa: Isa,
+    pool: &Pool,
+    w1: &[bf16],
+    w3: &[bf16],
+    w2: &[bf16],
+    x: &[f32],
+    scale: f32,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), KernelError> {
+    let k = "expert_ffn_bf16";
+    let hidden = x.len();
+    let inter = expert_shape(k, w1.len(), w3.len(), w2.len(), hidden)?;
+    check_len(k, "out", hidden, out.len())?;
+    check_min_len(k, "scratch", inter, scratch.len())?;
+    let h = &mut scratch[..inter];
+    with_backend!(isa, b => {
+        gate_up_driver(b, pool, w1, w3, x, h);
+        matvec_driver(b, pool, w2, h, out, Mode::AddScaled(scale));
+    });
+    Ok(())
+}
+
+/// `h[i] = silu(w1[i]·x) * (w3[i]·x)`, two rows of each matrix per micro-kernel.
+fn gate_up_driver<B: Backend>(
+    b: B,
+    pool: &Pool,
+    w1: &[bf16],
+    w3: &[bf16],
+    x: &[f32],
+    h: &mut [f32],
+) {
+    let inter = h.len();
+    let cols = x.len();
+    let hs = SharedMut::new(h);
+    let job = |i: usize, n: usize| {
+        let r = split_range(inter, n, i, ROW_ALIGN);
+        if r.is_empty() {
+            return;
+        }
+        // SAFETY: disjoint row ranges per thread; `h` outlives the job.
+        let h = unsafe { hs.slice(r.clone()) };
+        let g = |i: usize| &w1[i * cols..(i + 1) * cols];
+        let u = |i: usize| &w3[i * cols..(i + 1) * cols];
+        let mut i = r.start;
+        while i + 2 <= r.end {
+            let v = b.dot_rows::<4>([g(i), g(i + 1), u(i), u(i + 1)], x);
+            h[i - r.start] = silu(v[0]) * v[2];
+            h[i + 1 - r.start] = silu(v[1]) * v[3];
+            i += 2;
+        }
+        if i < r.end {
+            let v = b.dot_rows::<2>([g(i), u(i)], x);
+            h[i - r.start] = silu(v[0]) * v[1];
+        }
+    };
+    if 2 * inter * cols < PAR_MIN_ELEMS || pool.threads() == 1 {
+        job(0, 1);
+    } else {
+        pool.run(job);
+    }
+}
+
+/// Batched expert FFN over `n` tokens routed to this expert (prefill): `x: [n, H]`,
+/// `scales: [n]`, `out: [n, H]` accumulated: `out[t] += scales[t] * ffn(x[t])`.
+/// `scratch` is grown to `n * I` floats if needed (reuse it across calls to avoid allocating).
+///
+/// # Panics
+/// On mismatched lengths (see [`try_expert_ffn_bf16_batch`]).
+#[allow(clippy::too_many_arguments)]
+#[track_caller]
+pub fn expert_ffn_bf16_batch(
+    pool: &Pool,
+    w1: &[bf16],
+    w3: &[bf16],
+    w2: &[bf16],
+    x: &[f32],
+    n: usize,
+    scales: &[f32],
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) {
+    or_panic(try_expert_ffn_bf16_batch_with(
+        Isa::detect(),
+        pool,
+        w1,
+        w3,
+        w2,
+        x,
+        n,
+        scales,
+        out,
+        scratch,
+    ));
+}
+
+/// [`expert_ffn_bf16_batch`] returning an error on mismatched lengths.
+#[allow(clippy::too_many_arguments)]
+pub fn try_expert_ffn_bf16_batch(
+    pool: &Pool,
+    w1: &[bf16],
+    w3: &[bf16],
+    w2: &[bf16],
+    x: &[f32],
+    n: usize,
+    scales: &[f32],
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) -> Result<(), KernelError> {
+    try_expert_ffn_bf16_batch_with(Isa::detect(), pool, w1, w3, w2, x, n, scales, out, scratch)
+}
+
+/// [`expert_ffn_bf16_batch`] on an explicit code path.
+#[allow(clippy::too_many_arguments)]
+pub fn try_expert_ffn_bf16_batch_with(
+    isa: Isa,
+    pool: &Pool,
+    w1: &[bf16],
+    w3: &[bf16],
+    w2: &[bf16],
+    x: &[f32],
+    n: usize,
+    scales: &[f32],
+    out: &mut [f32],
+    scratch: &mut Vec<f32>,
+) -> Result<(), KernelError> {
+    let k = "expert_ffn_bf16_batch";
+    check_len(k, "scales", n, scales.len())?;
+    check_len(k, "out", x.len(), out.len())?;
+    if n == 0 {
+        check_len(k, "x", 0, x.len())?;
+        return Ok(());
+    }
+    if !x.len().is_multiple_of(n) {
+        return Err(KernelError::Invalid {
+            kernel: k,
+            arg: "x",
+            what: format!("length {} is not a multiple of n = {n}", x.len()),
+        });
+    }
+    let hidden = x.len() / n;
+    let inter = expert_shape(k, w1.len(), w3.len(), w2.len(), hidden)?;
+    let need = mul(k, "scratch", n, inter)?;
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    let h = &mut scratch[..need];
+    with_backend!(isa, b => {
+        // Phase 1: h[t, i] = silu(w1[i]·x[t]) * (w3[i]·x[t]), two rows of each matrix per tile.
+        let hs = SharedMut::new(h);
+        let g = |i: usize| &w1[i * hidden..(i + 1) * hidden];
+        let u = |i: usize| &w3[i * hidden..(i + 1) * hidden];
+        let job = |ti: usize, nt: usize| {
+            let rr = split_range(inter, nt, ti, ROW_ALIGN);
+            if rr.is_empty() {
+                return;
+            }
+            let full = rr.start + (rr.len() / 2) * 2;
+            run_tiles::<_, 4>(b, x, hidden, n, (rr.start..full).step_by(2),
+                |i| [g(i), g(i + 1), u(i), u(i + 1)],
+                |i, t, v| {
+                    // SAFETY: thread-disjoint rows i; `h` outlives the job.
+                    unsafe {
+                        hs.set(t * inter + i, silu(v[0]) * v[2]);
+                        hs.set(t * inter + i + 1, silu(v[1]) * v[3]);
+                    }
+                });
+            run_tiles::<_, 2>(b, x, hidden, n, full..rr.end, |i| [g(i), u(i)], |i, t, v| {
+                // SAFETY: as above.
+                unsafe { hs.set(t * inter + i, silu(v[0]) * v[1]) }
+            });
+        };
+        if 2 * inter * hidden * n < PAR_MIN_ELEMS || pool.threads() == 1 {
+            job(0, 1);
+        } else {
+            pool.run(job);
+        }
+        // Phase 2: out[t, r] += scales[t] * (w2[r] · h[t]).
+        let os = SharedMut::new(out);
+        matmul_driver(b, pool, w2, hidden, inter, h, n, |t, r, v| {
+            // SAFETY: thread-disjoint rows r; `out` outlives the job.
+            unsafe { os.add(t * hidden + r, scales[t] * v) }
+        });
+    });
+    Ok(())
+}
