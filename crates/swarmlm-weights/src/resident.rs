@@ -1,0 +1,155 @@
+//! Per-tensor page-cache control for the expert pager: `madvise`, `mincore`, `posix_fadvise`.
+//!
+//! Tensors do not start or end on page boundaries, so each call must decide what to do with the
+//! pages a tensor shares with its neighbours:
+//!
+//! - advice that *brings pages in* or only tunes readahead (`WillNeed`, `Random`, `Sequential`)
+//!   rounds the range **outward** — fetching one neighbour page too many costs little, missing
+//!   the tensor's first or last page would cost a fault;
+//! - advice that *lets pages go* (`DontNeed`, and [`Checkpoint::drop_page_cache`]) rounds
+//!   **inward**, so evicting one expert never evicts the first or last page of the tensor next
+//!   to it, which may be hot. A tensor smaller than a page may therefore not be dropped at all;
+//! - [`Checkpoint::resident_bytes`] counts the pages the tensor touches (outward) and reports
+//!   `pages × page size`, so a fully resident tensor reports its length rounded out to pages.
+//!
+//! `MADV_DONTNEED` on a read-only shared file mapping only unmaps the pages from this process (they are
+//! re-read from the page cache or disk on the next touch, never zeroed); `mincore` on a file
+//! mapping reports *page-cache* residency, so after `DontNeed` alone the pages usually still
+//! count as resident. [`Checkpoint::drop_page_cache`] therefore unmaps first and then asks the
+//! kernel (`POSIX_FADV_DONTNEED`) to evict the file range. Eviction is best effort: the kernel
+//! keeps pages that other processes map or that are dirty, and it caches files in folios (up to
+//! 2 MiB on current kernels) that it evicts only whole, so a folio straddling the tensor's ends
+//! stays cached. For multi-MiB expert tensors that is a small fraction; for small tensors the
+//! call may evict nothing.
+
+use crate::{Advice, Checkpoint, WeightsError};
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as usize
+    } else {
+        4096
+    }
+}
+
+/// A tensor's address range in its map, plus what the syscalls need.
+struct Span {
+    base: usize,
+    start: usize,
+    end: usize,
+    fd: i32,
+}
+
+impl Span {
+    fn outward(&self, page: usize) -> (usize, usize) {
+        let s = (self.base + self.start) / page * page;
+        let e = (self.base + self.end).div_ceil(page) * page;
+        (s, e)
+    }
+
+    fn inward(&self, page: usize) -> (usize, usize) {
+        let s = (self.base + self.start).div_ceil(page) * page;
+        let e = (self.base + self.end) / page * page;
+        (s, e.max(s))
+    }
+}
+
+impl Checkpoint {
+    fn span(&self, hf_name: &str) -> Result<Option<Span>, WeightsError> {
+        let (_, e) = self.entry(hf_name)?;
+        if e.start == e.end {
+            return Ok(None);
+        }
+        let f = &self.files[e.file];
+        Ok(Some(Span {
+            base: f.bytes().as_ptr() as usize,
+            start: e.start as usize,
+            end: e.end as usize,
+            fd: f.raw_fd(),
+        }))
+    }
+
+    /// `madvise` on the pages of one tensor (outward-rounded for `WillNeed`, `Random` and
+    /// `Sequential`; inward-rounded for `DontNeed` so neighbouring tensors keep their pages).
+    pub fn advise(&self, hf_name: &str, advice: Advice) -> Result<(), WeightsError> {
+        let Some(span) = self.span(hf_name)? else {
+            return Ok(());
+        };
+        let page = page_size();
+        let ((s, e), flag) = match advice {
+            Advice::WillNeed => (span.outward(page), libc::MADV_WILLNEED),
+            Advice::Random => (span.outward(page), libc::MADV_RANDOM),
+            Advice::Sequential => (span.outward(page), libc::MADV_SEQUENTIAL),
+            Advice::DontNeed => (span.inward(page), libc::MADV_DONTNEED),
+        };
+        if s == e {
+            return Ok(());
+        }
+        // SAFETY: [s, e) is page-aligned and lies within the pages of a live read-only map
+        // (the map spans whole pages, so rounding the tensor outward stays inside it). None of
+        // these advices can change memory contents of a read-only file mapping: DONTNEED only
+        // drops the process's page-table entries, and the next access re-reads the file.
+        let rc = unsafe { libc::madvise(s as *mut libc::c_void, e - s, flag) };
+        if rc != 0 {
+            return Err(WeightsError::Syscall {
+                tensor: hf_name.to_string(),
+                op: "madvise",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Bytes of the tensor's pages that are in the page cache: resident pages (of those the
+    /// tensor touches, rounded outward) × page size.
+    pub fn resident_bytes(&self, hf_name: &str) -> Result<usize, WeightsError> {
+        let Some(span) = self.span(hf_name)? else {
+            return Ok(0);
+        };
+        let page = page_size();
+        let (s, e) = span.outward(page);
+        let pages = (e - s) / page;
+        let mut vec = vec![0u8; pages];
+        // SAFETY: [s, e) is page-aligned and within a live map; `vec` has one byte per page
+        // as mincore requires.
+        let rc = unsafe { libc::mincore(s as *mut libc::c_void, e - s, vec.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(WeightsError::Syscall {
+                tensor: hf_name.to_string(),
+                op: "mincore",
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(vec.iter().filter(|&&b| b & 1 != 0).count() * page)
+    }
+
+    /// Asks the kernel to evict the tensor's whole pages from the page cache: unmaps them from
+    /// this process (`MADV_DONTNEED`, inward) and then `posix_fadvise(POSIX_FADV_DONTNEED)` on
+    /// the file range (which the kernel also rounds inward).
+    pub fn drop_page_cache(&self, hf_name: &str) -> Result<(), WeightsError> {
+        let Some(span) = self.span(hf_name)? else {
+            return Ok(());
+        };
+        self.advise(hf_name, Advice::DontNeed)?;
+        // SAFETY: plain syscall on an open descriptor owned by this checkpoint; no memory is
+        // passed.
+        let rc = unsafe {
+            libc::posix_fadvise(
+                span.fd,
+                span.start as libc::off_t,
+                (span.end - span.start) as libc::off_t,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+        if rc != 0 {
+            return Err(WeightsError::Syscall {
+                tensor: hf_name.to_string(),
+                op: "posix_fadvise",
+                source: std::io::Error::from_raw_os_error(rc),
+            });
+        }
+        Ok(())
+    }
+}
