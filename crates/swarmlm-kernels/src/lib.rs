@@ -24,6 +24,8 @@ mod linear;
 mod math;
 mod pool;
 mod rope;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 
 pub use half::bf16;
 

@@ -23,9 +23,30 @@ const ROW_ALIGN: usize = 16;
 /// requested ISA is not implemented or not supported by this CPU).
 macro_rules! with_backend {
     ($isa:expr, $b:ident => $body:expr) => {{
-        let _ = $isa;
-        let $b = $crate::backend::Scalar;
-        $body
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            $crate::isa::Isa::Avx512 | $crate::isa::Isa::Avx512Bf16 => {
+                match $crate::x86::Avx512::new() {
+                    Some($b) => $body,
+                    None => {
+                        let $b = $crate::backend::Scalar;
+                        $body
+                    }
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            $crate::isa::Isa::Avx2 => match $crate::x86::Avx2::new() {
+                Some($b) => $body,
+                None => {
+                    let $b = $crate::backend::Scalar;
+                    $body
+                }
+            },
+            _ => {
+                let $b = $crate::backend::Scalar;
+                $body
+            }
+        }
     }};
 }
 pub(crate) use with_backend;

@@ -1,0 +1,224 @@
+//! Kernel roofline benchmark: how close the bf16 matvec and expert FFN come to the machine's
+//! memory read bandwidth, which bounds batch-1 decode speed.
+//!
+//! 1. A bandwidth probe: sum of u64 over a buffer much larger than L3, with 1..N threads.
+//! 2. `matvec_bf16` at the Mixtral expert shape (14336 × 4096 bf16 = 117 MB, far beyond cache):
+//!    GB/s of weights streamed, per ISA path and thread count, and as % of the probe.
+//! 3. `expert_ffn_bf16` at that shape (w1, w3, w2: 352 MB per call).
+//! 4. Pool dispatch overhead and a prefill `matmul_bf16` throughput figure.
+//!
+//! Run: `cargo run --release -p swarmlm-kernels --example kernel_bench [-- --quick]`
+//! (or `benchmarks/kernels.sh`). `SWARMLM_BENCH_PROBE_MIB` overrides the probe size.
+
+use std::time::{Duration, Instant};
+use swarmlm_kernels::*;
+
+const H: usize = 4096;
+const I: usize = 14336;
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let reps = if quick { 4 } else { 10 };
+    let phys = Pool::physical_cores();
+    let max_threads = phys.max(1);
+    println!("# swarmlm-kernels benchmark");
+    println!(
+        "isa (auto): {}   available: {:?}   physical cores: {phys}",
+        isa(),
+        Isa::available()
+            .iter()
+            .map(|i| i.name())
+            .collect::<Vec<_>>()
+    );
+    let thread_counts: Vec<usize> = (1..=max_threads).collect();
+    let pools: Vec<Pool> = thread_counts.iter().map(|&t| Pool::new(t)).collect();
+
+    // -- 1. bandwidth probe ------------------------------------------------------------------
+    let probe_mib: usize = std::env::var("SWARMLM_BENCH_PROBE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let words = probe_mib * 1024 * 1024 / 8;
+    let buf: Vec<u64> = (0..words as u64)
+        .map(|i| i.wrapping_mul(0x9E37_79B9))
+        .collect();
+    println!("\n## 1. read-bandwidth probe ({probe_mib} MiB, sum of u64, best of {reps})");
+    let mut probe_best = 0f64;
+    for pool in &pools {
+        let (best, med) = measure(reps, || {
+            let sums: Vec<std::sync::atomic::AtomicU64> = (0..pool.threads())
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect();
+            pool.run(|i, n| {
+                let r = split_range(buf.len(), n, i, 8);
+                sums[i].store(sum_u64(&buf[r]), std::sync::atomic::Ordering::Relaxed);
+            });
+            std::hint::black_box(&sums);
+        });
+        let gbs = (words * 8) as f64 / best.as_secs_f64() / 1e9;
+        let gbs_med = (words * 8) as f64 / med.as_secs_f64() / 1e9;
+        println!(
+            "threads {}: {gbs:6.2} GB/s best, {gbs_med:6.2} GB/s median",
+            pool.threads()
+        );
+        probe_best = probe_best.max(gbs);
+    }
+    drop(buf);
+    println!("roofline (best probe): {probe_best:.2} GB/s");
+
+    // -- 2. matvec at expert shape -------------------------------------------------------------
+    let mut seed = 0x1234_5678_9abc_def1u64;
+    let mut rnd_bf16 = |n: usize| -> Vec<bf16> {
+        (0..n)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                bf16::from_f32(((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.05)
+            })
+            .collect()
+    };
+    let w1 = rnd_bf16(I * H);
+    let w3 = rnd_bf16(I * H);
+    let w2 = rnd_bf16(H * I);
+    let x: Vec<f32> = (0..H).map(|i| ((i as f32) * 0.01).sin()).collect();
+    let mut y = vec![0f32; I];
+    let wbytes = (I * H * 2) as f64;
+    println!(
+        "\n## 2. matvec_bf16 {I}x{H} ({:.0} MB of bf16 weights), best of {reps}",
+        wbytes / 1e6
+    );
+    println!("| isa | threads | ms/call | GB/s | % of roofline |");
+    println!("|---|---|---|---|---|");
+    for isa in Isa::available() {
+        for pool in &pools {
+            if isa == Isa::Scalar && quick && pool.threads() > 1 {
+                continue;
+            }
+            let mut flip = false;
+            let (best, _) = measure(reps, || {
+                // Alternate matrices so the previous call's tail is not in cache.
+                let w = if flip { &w1 } else { &w3 };
+                flip = !flip;
+                try_matvec_bf16_with(isa, pool, w, &x, &mut y).unwrap();
+                std::hint::black_box(&y);
+            });
+            let gbs = wbytes / best.as_secs_f64() / 1e9;
+            println!(
+                "| {} | {} | {:.2} | {gbs:.2} | {:.0}% |",
+                isa.name(),
+                pool.threads(),
+                best.as_secs_f64() * 1e3,
+                100.0 * gbs / probe_best
+            );
+        }
+    }
+
+    // -- 3. expert FFN ---------------------------------------------------------------------------
+    let fbytes = 3.0 * wbytes;
+    println!(
+        "\n## 3. expert_ffn_bf16 H={H} I={I} ({:.0} MB per call), best of {reps}",
+        fbytes / 1e6
+    );
+    println!("| isa | threads | ms/call | GB/s | % of roofline |");
+    println!("|---|---|---|---|---|");
+    let mut out = vec![0f32; H];
+    let mut scratch = vec![0f32; I];
+    for isa in Isa::available() {
+        if isa == Isa::Scalar {
+            continue;
+        }
+        for pool in &pools {
+            let (best, _) = measure(reps, || {
+                try_expert_ffn_bf16_with(isa, pool, &w1, &w3, &w2, &x, 0.5, &mut out, &mut scratch)
+                    .unwrap();
+                std::hint::black_box(&out);
+            });
+            let gbs = fbytes / best.as_secs_f64() / 1e9;
+            println!(
+                "| {} | {} | {:.2} | {gbs:.2} | {:.0}% |",
+                isa.name(),
+                pool.threads(),
+                best.as_secs_f64() * 1e3,
+                100.0 * gbs / probe_best
+            );
+        }
+    }
+    println!(
+        "=> Mixtral-8x7B decode bound at this bandwidth: ~{:.1} tokens/s (about {:.2} GB of \
+         bf16 weights per token: 2 experts x 32 layers + attention)",
+        probe_best / MIXTRAL_BYTES_PER_TOKEN,
+        MIXTRAL_BYTES_PER_TOKEN
+    );
+
+    // -- 4. dispatch overhead and prefill ----------------------------------------------------
+    println!("\n## 4. pool dispatch and prefill");
+    for pool in &pools {
+        let n = 20_000;
+        let t = Instant::now();
+        for _ in 0..n {
+            pool.run(|i, _| {
+                std::hint::black_box(i);
+            });
+        }
+        println!(
+            "empty pool.run, {} threads: {:.2} us/call",
+            pool.threads(),
+            t.elapsed().as_secs_f64() * 1e6 / n as f64
+        );
+    }
+    let ntok = 64;
+    let xs: Vec<f32> = (0..ntok * H).map(|i| ((i as f32) * 0.001).cos()).collect();
+    let mut ys = vec![0f32; ntok * I];
+    let pool = pools.last().expect("at least one pool");
+    let (best, _) = measure(reps.min(4), || {
+        matmul_bf16(pool, &w1, &xs, ntok, &mut ys);
+        std::hint::black_box(&ys);
+    });
+    let flops = 2.0 * (I * H * ntok) as f64;
+    println!(
+        "matmul_bf16 {I}x{H} x {ntok} tokens, {} threads: {:.1} ms, {:.1} GFLOP/s ({:.0} tokens/s for this matrix)",
+        pool.threads(),
+        best.as_secs_f64() * 1e3,
+        flops / best.as_secs_f64() / 1e9,
+        ntok as f64 / best.as_secs_f64()
+    );
+}
+
+/// Active bf16 bytes per Mixtral-8x7B token: 32 layers × (2 experts × 3 × 4096 × 14336 +
+/// attention q,o 4096² each + k,v 1024 × 4096 each) × 2 bytes, plus the 32000 × 4096 LM head.
+const MIXTRAL_BYTES_PER_TOKEN: f64 = (32.0
+    * (2.0 * 3.0 * 4096.0 * 14336.0 + 2.0 * 4096.0 * 4096.0 + 2.0 * 1024.0 * 4096.0)
+    + 32000.0 * 4096.0)
+    * 2.0
+    / 1e9;
+
+/// Best and median wall time of `reps` runs after one warm-up.
+fn measure(reps: usize, mut f: impl FnMut()) -> (Duration, Duration) {
+    f();
+    let mut t: Vec<Duration> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed()
+        })
+        .collect();
+    t.sort();
+    (t[0], t[t.len() / 2])
+}
+
+/// Four independent accumulators so the loop is limited by loads, not by the add chain.
+fn sum_u64(v: &[u64]) -> u64 {
+    let mut a = [0u64; 4];
+    let mut c = v.chunks_exact(4);
+    for q in &mut c {
+        for k in 0..4 {
+            a[k] = a[k].wrapping_add(q[k]);
+        }
+    }
+    let mut s = a[0] ^ a[1] ^ a[2] ^ a[3];
+    for r in c.remainder() {
+        s = s.wrapping_add(*r);
+    }
+    s
+}

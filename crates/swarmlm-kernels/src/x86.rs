@@ -1,0 +1,353 @@
+//! AVX2+FMA and AVX-512 micro-kernels.
+//!
+//! bf16 → f32 widening is a zero-extend of each u16 to 32 bits and a left shift by 16
+//! (`vpmovzxwd` + `vpslld`), which is exact; the product is accumulated with FMA in f32. Each
+//! row keeps two vector accumulators and the same summation order whatever R is, so a row's
+//! result does not depend on which rows share the call. Weights come straight from a memory map
+//! and are only 2-byte aligned, so every load is unaligned.
+//!
+//! The backends are zero-sized tokens that can only be created after run-time detection of the
+//! features, which is what makes the safe trait methods sound wrappers of the
+//! `#[target_feature]` functions.
+
+use crate::backend::{widen, Backend};
+use half::bf16;
+use std::arch::x86_64::*;
+
+/// Proof that AVX2 and FMA are available.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx2(());
+
+impl Avx2 {
+    pub(crate) fn new() -> Option<Self> {
+        (is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")).then_some(Avx2(()))
+    }
+}
+
+/// Proof that AVX-512F is available.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512(());
+
+impl Avx512 {
+    pub(crate) fn new() -> Option<Self> {
+        is_x86_feature_detected!("avx512f").then_some(Avx512(()))
+    }
+}
+
+/// The micro-kernels read `x.len()` elements of every row; make that a checked precondition so
+/// the raw-pointer loops below can never read out of bounds.
+#[inline(always)]
+fn check_rows<const R: usize>(rows: &[&[bf16]; R], n: usize) {
+    assert!(
+        rows.iter().all(|r| r.len() >= n),
+        "weight row shorter than the activation vector"
+    );
+}
+
+impl Backend for Avx2 {
+    #[inline]
+    fn dot_rows<const R: usize>(self, rows: [&[bf16]; R], x: &[f32]) -> [f32; R] {
+        check_rows(&rows, x.len());
+        // SAFETY: the token proves AVX2+FMA; every row has at least x.len() elements.
+        unsafe { avx2_dot_rows(rows, x) }
+    }
+
+    #[inline]
+    fn dot_tile<const R: usize, const T: usize>(
+        self,
+        rows: [&[bf16]; R],
+        xs: [&[f32]; T],
+    ) -> [[f32; T]; R] {
+        let n = xs.iter().map(|x| x.len()).min().unwrap_or(0);
+        check_rows(&rows, n);
+        // SAFETY: the token proves AVX2+FMA; rows and xs all have at least n elements.
+        unsafe { avx2_dot_tile(rows, xs, n) }
+    }
+
+    #[inline]
+    fn dot_f32(self, a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        // SAFETY: the token proves AVX2+FMA; both slices have at least n elements.
+        unsafe { avx2_dot_f32(&a[..n], &b[..n]) }
+    }
+
+    #[inline]
+    fn axpy_f32(self, a: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        // SAFETY: the token proves AVX2+FMA; both slices have at least n elements.
+        unsafe { avx2_axpy(a, &x[..n], &mut y[..n]) }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn widen8(p: *const bf16) -> __m256 {
+    let v = _mm_loadu_si128(p as *const __m128i);
+    _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(v)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn hsum256(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+    _mm_cvtss_f32(s)
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_dot_rows<const R: usize>(rows: [&[bf16]; R], x: &[f32]) -> [f32; R] {
+    let n = x.len();
+    let xp = x.as_ptr();
+    let wp: [*const bf16; R] = std::array::from_fn(|r| rows[r].as_ptr());
+    let mut a0 = [_mm256_setzero_ps(); R];
+    let mut a1 = [_mm256_setzero_ps(); R];
+    let mut c = 0;
+    while c + 16 <= n {
+        let x0 = _mm256_loadu_ps(xp.add(c));
+        let x1 = _mm256_loadu_ps(xp.add(c + 8));
+        for r in 0..R {
+            a0[r] = _mm256_fmadd_ps(widen8(wp[r].add(c)), x0, a0[r]);
+            a1[r] = _mm256_fmadd_ps(widen8(wp[r].add(c + 8)), x1, a1[r]);
+        }
+        c += 16;
+    }
+    if c + 8 <= n {
+        let x0 = _mm256_loadu_ps(xp.add(c));
+        for r in 0..R {
+            a0[r] = _mm256_fmadd_ps(widen8(wp[r].add(c)), x0, a0[r]);
+        }
+        c += 8;
+    }
+    let mut out = [0f32; R];
+    for r in 0..R {
+        let mut s = hsum256(_mm256_add_ps(a0[r], a1[r]));
+        for k in c..n {
+            s += widen(*rows[r].get_unchecked(k)) * *x.get_unchecked(k);
+        }
+        out[r] = s;
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_dot_tile<const R: usize, const T: usize>(
+    rows: [&[bf16]; R],
+    xs: [&[f32]; T],
+    n: usize,
+) -> [[f32; T]; R] {
+    let wp: [*const bf16; R] = std::array::from_fn(|r| rows[r].as_ptr());
+    let xp: [*const f32; T] = std::array::from_fn(|t| xs[t].as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); T]; R];
+    let mut c = 0;
+    while c + 8 <= n {
+        let xv: [__m256; T] = std::array::from_fn(|t| _mm256_loadu_ps(xp[t].add(c)));
+        for r in 0..R {
+            let w = widen8(wp[r].add(c));
+            for t in 0..T {
+                acc[r][t] = _mm256_fmadd_ps(w, xv[t], acc[r][t]);
+            }
+        }
+        c += 8;
+    }
+    let mut out = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            let mut s = hsum256(acc[r][t]);
+            for k in c..n {
+                s += widen(*rows[r].get_unchecked(k)) * *xs[t].get_unchecked(k);
+            }
+            out[r][t] = s;
+        }
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    let mut a0 = _mm256_setzero_ps();
+    let mut a1 = _mm256_setzero_ps();
+    let mut c = 0;
+    while c + 16 <= n {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(c)), _mm256_loadu_ps(bp.add(c)), a0);
+        a1 = _mm256_fmadd_ps(
+            _mm256_loadu_ps(ap.add(c + 8)),
+            _mm256_loadu_ps(bp.add(c + 8)),
+            a1,
+        );
+        c += 16;
+    }
+    if c + 8 <= n {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(c)), _mm256_loadu_ps(bp.add(c)), a0);
+        c += 8;
+    }
+    let mut s = hsum256(_mm256_add_ps(a0, a1));
+    for k in c..n {
+        s += *a.get_unchecked(k) * *b.get_unchecked(k);
+    }
+    s
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len();
+    let av = _mm256_set1_ps(a);
+    let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+    let mut c = 0;
+    while c + 8 <= n {
+        let v = _mm256_fmadd_ps(av, _mm256_loadu_ps(xp.add(c)), _mm256_loadu_ps(yp.add(c)));
+        _mm256_storeu_ps(yp.add(c), v);
+        c += 8;
+    }
+    for k in c..n {
+        *y.get_unchecked_mut(k) += a * *x.get_unchecked(k);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512
+
+impl Backend for Avx512 {
+    #[inline]
+    fn dot_rows<const R: usize>(self, rows: [&[bf16]; R], x: &[f32]) -> [f32; R] {
+        check_rows(&rows, x.len());
+        // SAFETY: the token proves AVX-512F; every row has at least x.len() elements.
+        unsafe { avx512_dot_rows(rows, x) }
+    }
+
+    #[inline]
+    fn dot_tile<const R: usize, const T: usize>(
+        self,
+        rows: [&[bf16]; R],
+        xs: [&[f32]; T],
+    ) -> [[f32; T]; R] {
+        let n = xs.iter().map(|x| x.len()).min().unwrap_or(0);
+        check_rows(&rows, n);
+        // SAFETY: the token proves AVX-512F; rows and xs all have at least n elements.
+        unsafe { avx512_dot_tile(rows, xs, n) }
+    }
+
+    #[inline]
+    fn dot_f32(self, a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        // SAFETY: the token proves AVX-512F; both slices have at least n elements.
+        unsafe { avx512_dot_f32(&a[..n], &b[..n]) }
+    }
+
+    #[inline]
+    fn axpy_f32(self, a: f32, x: &[f32], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        // SAFETY: the token proves AVX-512F; both slices have at least n elements.
+        unsafe { avx512_axpy(a, &x[..n], &mut y[..n]) }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn widen16(p: *const bf16) -> __m512 {
+    let v = _mm256_loadu_si256(p as *const __m256i);
+    _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)))
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_dot_rows<const R: usize>(rows: [&[bf16]; R], x: &[f32]) -> [f32; R] {
+    let n = x.len();
+    let xp = x.as_ptr();
+    let wp: [*const bf16; R] = std::array::from_fn(|r| rows[r].as_ptr());
+    let mut a0 = [_mm512_setzero_ps(); R];
+    let mut a1 = [_mm512_setzero_ps(); R];
+    let mut c = 0;
+    while c + 32 <= n {
+        let x0 = _mm512_loadu_ps(xp.add(c));
+        let x1 = _mm512_loadu_ps(xp.add(c + 16));
+        for r in 0..R {
+            a0[r] = _mm512_fmadd_ps(widen16(wp[r].add(c)), x0, a0[r]);
+            a1[r] = _mm512_fmadd_ps(widen16(wp[r].add(c + 16)), x1, a1[r]);
+        }
+        c += 32;
+    }
+    if c + 16 <= n {
+        let x0 = _mm512_loadu_ps(xp.add(c));
+        for r in 0..R {
+            a0[r] = _mm512_fmadd_ps(widen16(wp[r].add(c)), x0, a0[r]);
+        }
+        c += 16;
+    }
+    let mut out = [0f32; R];
+    for r in 0..R {
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
+        for k in c..n {
+            s += widen(*rows[r].get_unchecked(k)) * *x.get_unchecked(k);
+        }
+        out[r] = s;
+    }
+    out
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_dot_tile<const R: usize, const T: usize>(
+    rows: [&[bf16]; R],
+    xs: [&[f32]; T],
+    n: usize,
+) -> [[f32; T]; R] {
+    let wp: [*const bf16; R] = std::array::from_fn(|r| rows[r].as_ptr());
+    let xp: [*const f32; T] = std::array::from_fn(|t| xs[t].as_ptr());
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let mut c = 0;
+    while c + 16 <= n {
+        let xv: [__m512; T] = std::array::from_fn(|t| _mm512_loadu_ps(xp[t].add(c)));
+        for r in 0..R {
+            let w = widen16(wp[r].add(c));
+            for t in 0..T {
+                acc[r][t] = _mm512_fmadd_ps(w, xv[t], acc[r][t]);
+            }
+        }
+        c += 16;
+    }
+    let mut out = [[0f32; T]; R];
+    for r in 0..R {
+        for t in 0..T {
+            let mut s = _mm512_reduce_add_ps(acc[r][t]);
+            for k in c..n {
+                s += widen(*rows[r].get_unchecked(k)) * *xs[t].get_unchecked(k);
+            }
+            out[r][t] = s;
+        }
+    }
+    out
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let (ap, bp) = (a.as_ptr(), b.as_ptr());
+    let mut a0 = _mm512_setzero_ps();
+    let mut c = 0;
+    while c + 16 <= n {
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(ap.add(c)), _mm512_loadu_ps(bp.add(c)), a0);
+        c += 16;
+    }
+    let mut s = _mm512_reduce_add_ps(a0);
+    for k in c..n {
+        s += *a.get_unchecked(k) * *b.get_unchecked(k);
+    }
+    s
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_axpy(a: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len();
+    let av = _mm512_set1_ps(a);
+    let (xp, yp) = (x.as_ptr(), y.as_mut_ptr());
+    let mut c = 0;
+    while c + 16 <= n {
+        let v = _mm512_fmadd_ps(av, _mm512_loadu_ps(xp.add(c)), _mm512_loadu_ps(yp.add(c)));
+        _mm512_storeu_ps(yp.add(c), v);
+        c += 16;
+    }
+    for k in c..n {
+        *y.get_unchecked_mut(k) += a * *x.get_unchecked(k);
+    }
+}
