@@ -11,7 +11,7 @@ use crate::error::{check_len, check_min_len, mul, or_panic, KernelError};
 use crate::isa::Isa;
 use crate::linear::with_backend;
 use crate::math::softmax_in_place;
-use crate::pool::{split_range, Pool, SharedMut};
+use crate::pool::{Pool, SharedMut};
 
 /// One layer's K and V cache, f32, laid out `[n_kv_heads][capacity][head_dim]`.
 #[derive(Clone, Debug)]
@@ -218,11 +218,10 @@ fn attention_driver<B: Backend>(
     let scale = 1.0 / (d as f32).sqrt();
     let outs = SharedMut::new(out);
     let scr = SharedMut::new(scratch);
-    let job = |i: usize, n: usize| {
-        let kv = split_range(nkv, n, i, 1);
+    let job = |kv: std::ops::Range<usize>| {
         for kvh in kv {
             let (h0, h1) = (kvh * group, (kvh + 1) * group);
-            // SAFETY: KV head ranges are disjoint across threads, hence so are the query-head
+            // SAFETY: KV head chunks are disjoint across threads, hence so are the query-head
             // ranges of `out` and `scratch` derived from them; both outlive the job.
             let (o, s) = unsafe { (outs.slice(h0 * d..h1 * d), scr.slice(h0 * len..h1 * len)) };
             let kh = cache.k_head(kvh);
@@ -249,8 +248,8 @@ fn attention_driver<B: Backend>(
         }
     };
     if nkv == 1 || pool.threads() == 1 || len * nkv * d < 1 << 14 {
-        job(0, 1);
+        job(0..nkv);
     } else {
-        pool.run(job);
+        pool.run_chunks(nkv, 1, job);
     }
 }

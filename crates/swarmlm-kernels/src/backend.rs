@@ -21,6 +21,10 @@ pub(crate) trait Backend: Copy + Send + Sync {
         xs: [&[f32]; T],
     ) -> [[f32; T]; R];
 
+    /// `out[i] = Σ_c rows[i][c] * x[c]` with bf16 activations (the opt-in bf16-activation
+    /// mode; on AVX512-BF16 this is `vdpbf16ps`).
+    fn dot_rows_bx<const R: usize>(self, rows: [&[bf16]; R], x: &[bf16]) -> [f32; R];
+
     /// `Σ a[i] * b[i]` over f32 (attention scores).
     fn dot_f32(self, a: &[f32], b: &[f32]) -> f32;
 
@@ -59,6 +63,29 @@ impl Backend for Scalar {
             for (ot, x) in o.iter_mut().zip(xs) {
                 *ot = dot_bf16_scalar(row, x);
             }
+        }
+        out
+    }
+
+    #[inline]
+    fn dot_rows_bx<const R: usize>(self, rows: [&[bf16]; R], x: &[bf16]) -> [f32; R] {
+        let mut out = [0f32; R];
+        for (o, row) in out.iter_mut().zip(rows) {
+            let mut acc = [0f32; 4];
+            let n = row.len().min(x.len());
+            let mut c = 0;
+            while c + 4 <= n {
+                for k in 0..4 {
+                    acc[k] += widen(row[c + k]) * widen(x[c + k]);
+                }
+                c += 4;
+            }
+            let mut s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+            while c < n {
+                s += widen(row[c]) * widen(x[c]);
+                c += 1;
+            }
+            *o = s;
         }
         out
     }

@@ -9,15 +9,42 @@ use crate::backend::Backend;
 use crate::error::{check_len, check_min_len, mul, or_panic, KernelError};
 use crate::isa::Isa;
 use crate::math::silu;
-use crate::pool::{split_range, Pool, SharedMut};
+use crate::pool::{Pool, SharedMut};
 use half::bf16;
+use std::ops::Range;
 
 /// Below this many weight elements an op runs on the calling thread: waking workers costs a
 /// few microseconds, more than the op.
 const PAR_MIN_ELEMS: usize = 1 << 16;
 
-/// Output rows per thread chunk are multiples of this: 16 f32 = one 64-byte cache line.
+/// Output rows per chunk are multiples of this: 16 f32 = one 64-byte cache line, so threads
+/// never write to the same line.
 const ROW_ALIGN: usize = 16;
+
+/// Weight elements per dynamically claimed chunk (~512 KB of bf16): large enough that claiming
+/// and the broken prefetch stream at chunk edges cost nothing, small enough to balance well.
+const CHUNK_ELEMS: usize = 1 << 18;
+
+/// Runs `f` over `0..rows` split into chunks claimed dynamically by the pool's threads, or
+/// inline when the op (`rows * work_per_row` weight elements) is too small to wake workers.
+pub(crate) fn par_rows(
+    pool: &Pool,
+    rows: usize,
+    work_per_row: usize,
+    f: impl Fn(Range<usize>) + Sync,
+) {
+    if rows == 0 {
+        return;
+    }
+    if rows.saturating_mul(work_per_row) < PAR_MIN_ELEMS || pool.threads() == 1 {
+        f(0..rows);
+        return;
+    }
+    let per_thread = rows.div_ceil(4 * pool.threads());
+    let by_size = CHUNK_ELEMS / work_per_row.max(1);
+    let chunk = per_thread.min(by_size).max(1).div_ceil(ROW_ALIGN) * ROW_ALIGN;
+    pool.run_chunks(rows, chunk, f);
+}
 
 /// Runs `$body` with `$b` bound to the backend of `$isa` (falling back to scalar when the
 /// requested ISA is not implemented or not supported by this CPU).
@@ -25,15 +52,21 @@ macro_rules! with_backend {
     ($isa:expr, $b:ident => $body:expr) => {{
         match $isa {
             #[cfg(target_arch = "x86_64")]
-            $crate::isa::Isa::Avx512 | $crate::isa::Isa::Avx512Bf16 => {
-                match $crate::x86::Avx512::new() {
-                    Some($b) => $body,
-                    None => {
-                        let $b = $crate::backend::Scalar;
-                        $body
-                    }
+            $crate::isa::Isa::Avx512Bf16 => match $crate::x86::Avx512Bf16::new() {
+                Some($b) => $body,
+                None => {
+                    let $b = $crate::backend::Scalar;
+                    $body
                 }
-            }
+            },
+            #[cfg(target_arch = "x86_64")]
+            $crate::isa::Isa::Avx512 => match $crate::x86::Avx512::new() {
+                Some($b) => $body,
+                None => {
+                    let $b = $crate::backend::Scalar;
+                    $body
+                }
+            },
             #[cfg(target_arch = "x86_64")]
             $crate::isa::Isa::Avx2 => match $crate::x86::Avx2::new() {
                 Some($b) => $body,
@@ -97,6 +130,77 @@ pub fn try_matvec_bf16_with(
     Ok(())
 }
 
+/// Opt-in bf16-activation matvec: `y[r] = Σ_c w[r*cols + c] * x[c]` with `x` already rounded
+/// to bf16 by the caller (see [`round_to_bf16`]). On AVX512-BF16 CPUs this runs `vdpbf16ps`
+/// (32 columns per instruction); elsewhere both operands are widened exactly and the result
+/// equals [`matvec_bf16`] on the widened `x` up to summation order. The default kernels keep
+/// f32 activations; use this only where the accuracy loss of bf16 activations is accepted.
+///
+/// # Panics
+/// If `w.len() != y.len() * x.len()` (see [`try_matvec_bf16_bf16act`]).
+#[track_caller]
+pub fn matvec_bf16_bf16act(pool: &Pool, w: &[bf16], x: &[bf16], y: &mut [f32]) {
+    or_panic(try_matvec_bf16_bf16act_with(Isa::detect(), pool, w, x, y));
+}
+
+/// [`matvec_bf16_bf16act`] returning an error on mismatched lengths.
+pub fn try_matvec_bf16_bf16act(
+    pool: &Pool,
+    w: &[bf16],
+    x: &[bf16],
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    try_matvec_bf16_bf16act_with(Isa::detect(), pool, w, x, y)
+}
+
+/// [`matvec_bf16_bf16act`] on an explicit code path.
+pub fn try_matvec_bf16_bf16act_with(
+    isa: Isa,
+    pool: &Pool,
+    w: &[bf16],
+    x: &[bf16],
+    y: &mut [f32],
+) -> Result<(), KernelError> {
+    let k = "matvec_bf16_bf16act";
+    let n = mul(k, "w", y.len(), x.len())?;
+    check_len(k, "w", n, w.len())?;
+    let rows = y.len();
+    let cols = x.len();
+    let ys = SharedMut::new(y);
+    with_backend!(isa, b => par_rows(pool, rows, cols, |r| {
+        // SAFETY: chunks are disjoint row ranges of `y`, which outlives the job.
+        let y = unsafe { ys.slice(r.clone()) };
+        let row = |i: usize| &w[i * cols..(i + 1) * cols];
+        let mut i = r.start;
+        while i + 4 <= r.end {
+            let v = b.dot_rows_bx::<4>([row(i), row(i + 1), row(i + 2), row(i + 3)], x);
+            y[i - r.start..i - r.start + 4].copy_from_slice(&v);
+            i += 4;
+        }
+        while i < r.end {
+            y[i - r.start] = b.dot_rows_bx::<1>([row(i)], x)[0];
+            i += 1;
+        }
+    }));
+    Ok(())
+}
+
+/// Rounds f32 activations to bf16 (round to nearest even) for the bf16-activation kernels.
+///
+/// # Panics
+/// If the lengths differ.
+#[track_caller]
+pub fn round_to_bf16(x: &[f32], out: &mut [bf16]) {
+    assert_eq!(
+        x.len(),
+        out.len(),
+        "round_to_bf16: x and out lengths differ"
+    );
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = bf16::from_f32(*v);
+    }
+}
+
 fn matvec_driver<B: Backend>(b: B, pool: &Pool, w: &[bf16], x: &[f32], y: &mut [f32], mode: Mode) {
     let rows = y.len();
     let cols = x.len();
@@ -104,21 +208,12 @@ fn matvec_driver<B: Backend>(b: B, pool: &Pool, w: &[bf16], x: &[f32], y: &mut [
         return;
     }
     let ys = SharedMut::new(y);
-    let job = |i: usize, n: usize| {
-        let r = split_range(rows, n, i, ROW_ALIGN);
-        if r.is_empty() {
-            return;
-        }
-        // SAFETY: split_range gives each thread a disjoint row range of `y`, which outlives
-        // the job (pool.run returns only after all shares finish).
+    par_rows(pool, rows, cols, |r| {
+        // SAFETY: chunks are disjoint row ranges of `y`, which outlives the job (the pool
+        // returns only after every chunk is done).
         let y = unsafe { ys.slice(r.clone()) };
         matvec_rows(b, &w[r.start * cols..r.end * cols], x, y, mode);
-    };
-    if rows * cols < PAR_MIN_ELEMS || pool.threads() == 1 {
-        job(0, 1);
-    } else {
-        pool.run(job);
-    }
+    });
 }
 
 /// Rows of `w` (exactly `y.len()` rows of `x.len()` columns) dotted with `x`.
@@ -241,11 +336,7 @@ fn matmul_driver<B: Backend>(
     emit: impl Fn(usize, usize, f32) + Sync,
 ) {
     let row = |r: usize| &w[r * cols..(r + 1) * cols];
-    let job = |i: usize, nt: usize| {
-        let rr = split_range(rows, nt, i, ROW_ALIGN);
-        if rr.is_empty() {
-            return;
-        }
+    par_rows(pool, rows, cols.saturating_mul(n), |rr| {
         let full = rr.start + (rr.len() / 4) * 4;
         run_tiles::<B, 4>(
             b,
@@ -269,12 +360,7 @@ fn matmul_driver<B: Backend>(
             |r| [row(r)],
             |r, t, v| emit(t, r, v[0]),
         );
-    };
-    if rows * cols * n < PAR_MIN_ELEMS || pool.threads() == 1 {
-        job(0, 1);
-    } else {
-        pool.run(job);
-    }
+    });
 }
 
 /// For each block of tokens, for each unit (a group of R weight rows), register tiles over the
@@ -438,12 +524,8 @@ fn gate_up_driver<B: Backend>(
     let inter = h.len();
     let cols = x.len();
     let hs = SharedMut::new(h);
-    let job = |i: usize, n: usize| {
-        let r = split_range(inter, n, i, ROW_ALIGN);
-        if r.is_empty() {
-            return;
-        }
-        // SAFETY: disjoint row ranges per thread; `h` outlives the job.
+    par_rows(pool, inter, 2 * cols, |r| {
+        // SAFETY: chunks are disjoint row ranges; `h` outlives the job.
         let h = unsafe { hs.slice(r.clone()) };
         let g = |i: usize| &w1[i * cols..(i + 1) * cols];
         let u = |i: usize| &w3[i * cols..(i + 1) * cols];
@@ -458,12 +540,7 @@ fn gate_up_driver<B: Backend>(
             let v = b.dot_rows::<2>([g(i), u(i)], x);
             h[i - r.start] = silu(v[0]) * v[1];
         }
-    };
-    if 2 * inter * cols < PAR_MIN_ELEMS || pool.threads() == 1 {
-        job(0, 1);
-    } else {
-        pool.run(job);
-    }
+    });
 }
 
 /// Batched expert FFN over `n` tokens routed to this expert (prefill): `x: [n, H]`,
@@ -555,11 +632,7 @@ pub fn try_expert_ffn_bf16_batch_with(
         let hs = SharedMut::new(h);
         let g = |i: usize| &w1[i * hidden..(i + 1) * hidden];
         let u = |i: usize| &w3[i * hidden..(i + 1) * hidden];
-        let job = |ti: usize, nt: usize| {
-            let rr = split_range(inter, nt, ti, ROW_ALIGN);
-            if rr.is_empty() {
-                return;
-            }
+        par_rows(pool, inter, 2 * hidden * n, |rr| {
             let full = rr.start + (rr.len() / 2) * 2;
             run_tiles::<_, 4>(b, x, hidden, n, (rr.start..full).step_by(2),
                 |i| [g(i), g(i + 1), u(i), u(i + 1)],
@@ -574,12 +647,7 @@ pub fn try_expert_ffn_bf16_batch_with(
                 // SAFETY: as above.
                 unsafe { hs.set(t * inter + i, silu(v[0]) * v[1]) }
             });
-        };
-        if 2 * inter * hidden * n < PAR_MIN_ELEMS || pool.threads() == 1 {
-            job(0, 1);
-        } else {
-            pool.run(job);
-        }
+        });
         // Phase 2: out[t, r] += scales[t] * (w2[r] · h[t]).
         let os = SharedMut::new(out);
         matmul_driver(b, pool, w2, hidden, inter, h, n, |t, r, v| {

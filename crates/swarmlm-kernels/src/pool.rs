@@ -193,6 +193,38 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Runs `f(range)` over `0..total` in chunks of `chunk` (the last may be shorter), claimed
+    /// dynamically by the pool's threads from a shared counter. On a shared machine a thread can
+    /// be descheduled mid-op; dynamic claiming lets the others finish its share instead of
+    /// waiting for it. `f` must not care which thread runs a chunk (rows are independent).
+    /// A single-thread pool (or a single chunk) runs `f(0..total)` once.
+    pub fn run_chunks<F: Fn(std::ops::Range<usize>) + Sync>(
+        &self,
+        total: usize,
+        chunk: usize,
+        f: F,
+    ) {
+        let chunk = chunk.max(1);
+        let n_chunks = total.div_ceil(chunk);
+        if n_chunks <= 1 || self.n_threads == 1 {
+            if total > 0 {
+                f(0..total);
+            }
+            return;
+        }
+        let next = AtomicUsize::new(0);
+        self.run(|_, _| loop {
+            let c = next.fetch_add(1, Ordering::Relaxed);
+            if c >= n_chunks {
+                break;
+            }
+            let lo = c * chunk;
+            f(lo..(lo + chunk).min(total));
+        });
+    }
+}
+
 impl Drop for Pool {
     fn drop(&mut self) {
         if let Some(shared) = &self.shared {
@@ -368,6 +400,24 @@ mod tests {
                 pool.run(|i, n| {
                     assert_eq!(n, t);
                     hits[i].fetch_add(1, Ordering::Relaxed);
+                });
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            }
+        }
+    }
+
+    #[test]
+    fn run_chunks_covers_every_index_once() {
+        for t in 1..=3 {
+            let pool = Pool::new(t);
+            for (total, chunk) in [(0usize, 16usize), (1, 16), (100, 16), (1000, 7), (64, 64)] {
+                let hits: Vec<AtomicUsize> = (0..total).map(|_| AtomicUsize::new(0)).collect();
+                pool.run_chunks(total, chunk, |r| {
+                    assert!(!r.is_empty());
+                    assert!(t == 1 || r.len() <= chunk);
+                    for i in r {
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                    }
                 });
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
             }

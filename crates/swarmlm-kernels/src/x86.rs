@@ -65,6 +65,13 @@ impl Backend for Avx2 {
     }
 
     #[inline]
+    fn dot_rows_bx<const R: usize>(self, rows: [&[bf16]; R], x: &[bf16]) -> [f32; R] {
+        check_rows(&rows, x.len());
+        // SAFETY: the token proves AVX2+FMA; every row has at least x.len() elements.
+        unsafe { avx2_dot_rows_bx(rows, x) }
+    }
+
+    #[inline]
     fn dot_f32(self, a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
         // SAFETY: the token proves AVX2+FMA; both slices have at least n elements.
@@ -124,6 +131,34 @@ unsafe fn avx2_dot_rows<const R: usize>(rows: [&[bf16]; R], x: &[f32]) -> [f32; 
         let mut s = hsum256(_mm256_add_ps(a0[r], a1[r]));
         for k in c..n {
             s += widen(*rows[r].get_unchecked(k)) * *x.get_unchecked(k);
+        }
+        out[r] = s;
+    }
+    out
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_dot_rows_bx<const R: usize>(rows: [&[bf16]; R], x: &[bf16]) -> [f32; R] {
+    let n = x.len();
+    let xp = x.as_ptr();
+    let wp: [*const bf16; R] = std::array::from_fn(|r| rows[r].as_ptr());
+    let mut a0 = [_mm256_setzero_ps(); R];
+    let mut a1 = [_mm256_setzero_ps(); R];
+    let mut c = 0;
+    while c + 16 <= n {
+        let x0 = widen8(xp.add(c));
+        let x1 = widen8(xp.add(c + 8));
+        for r in 0..R {
+            a0[r] = _mm256_fmadd_ps(widen8(wp[r].add(c)), x0, a0[r]);
+            a1[r] = _mm256_fmadd_ps(widen8(wp[r].add(c + 8)), x1, a1[r]);
+        }
+        c += 16;
+    }
+    let mut out = [0f32; R];
+    for r in 0..R {
+        let mut s = hsum256(_mm256_add_ps(a0[r], a1[r]));
+        for k in c..n {
+            s += widen(*rows[r].get_unchecked(k)) * widen(*x.get_unchecked(k));
         }
         out[r] = s;
     }
@@ -230,6 +265,13 @@ impl Backend for Avx512 {
     }
 
     #[inline]
+    fn dot_rows_bx<const R: usize>(self, rows: [&[bf16]; R], x: &[bf16]) -> [f32; R] {
+        check_rows(&rows, x.len());
+        // SAFETY: the token proves AVX-512F; every row has at least x.len() elements.
+        unsafe { avx512_dot_rows_bx(rows, x) }
+    }
+
+    #[inline]
     fn dot_f32(self, a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
         // SAFETY: the token proves AVX-512F; both slices have at least n elements.
@@ -280,6 +322,31 @@ unsafe fn avx512_dot_rows<const R: usize>(rows: [&[bf16]; R], x: &[f32]) -> [f32
         let mut s = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
         for k in c..n {
             s += widen(*rows[r].get_unchecked(k)) * *x.get_unchecked(k);
+        }
+        out[r] = s;
+    }
+    out
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_dot_rows_bx<const R: usize>(rows: [&[bf16]; R], x: &[bf16]) -> [f32; R] {
+    let n = x.len();
+    let xp = x.as_ptr();
+    let wp: [*const bf16; R] = std::array::from_fn(|r| rows[r].as_ptr());
+    let mut a0 = [_mm512_setzero_ps(); R];
+    let mut c = 0;
+    while c + 16 <= n {
+        let x0 = widen16(xp.add(c));
+        for r in 0..R {
+            a0[r] = _mm512_fmadd_ps(widen16(wp[r].add(c)), x0, a0[r]);
+        }
+        c += 16;
+    }
+    let mut out = [0f32; R];
+    for r in 0..R {
+        let mut s = _mm512_reduce_add_ps(a0[r]);
+        for k in c..n {
+            s += widen(*rows[r].get_unchecked(k)) * widen(*x.get_unchecked(k));
         }
         out[r] = s;
     }
@@ -350,4 +417,100 @@ unsafe fn avx512_axpy(a: f32, x: &[f32], y: &mut [f32]) {
     for k in c..n {
         *y.get_unchecked_mut(k) += a * *x.get_unchecked(k);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX-512 + AVX512-BF16
+
+/// Proof that AVX-512F and AVX512-BF16 are available. Everything but the bf16-activation dot
+/// is the AVX-512 path (f32 activations must not be rounded to bf16 behind the caller's back).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512Bf16(Avx512);
+
+impl Avx512Bf16 {
+    pub(crate) fn new() -> Option<Self> {
+        if is_x86_feature_detected!("avx512bf16") {
+            Avx512::new().map(Avx512Bf16)
+        } else {
+            None
+        }
+    }
+}
+
+impl Backend for Avx512Bf16 {
+    #[inline]
+    fn dot_rows<const R: usize>(self, rows: [&[bf16]; R], x: &[f32]) -> [f32; R] {
+        self.0.dot_rows(rows, x)
+    }
+
+    #[inline]
+    fn dot_tile<const R: usize, const T: usize>(
+        self,
+        rows: [&[bf16]; R],
+        xs: [&[f32]; T],
+    ) -> [[f32; T]; R] {
+        self.0.dot_tile(rows, xs)
+    }
+
+    #[inline]
+    fn dot_rows_bx<const R: usize>(self, rows: [&[bf16]; R], x: &[bf16]) -> [f32; R] {
+        check_rows(&rows, x.len());
+        // SAFETY: the token proves AVX-512F + AVX512-BF16; rows have at least x.len() elements.
+        unsafe { avx512bf16_dot_rows_bx(rows, x) }
+    }
+
+    #[inline]
+    fn dot_f32(self, a: &[f32], b: &[f32]) -> f32 {
+        self.0.dot_f32(a, b)
+    }
+
+    #[inline]
+    fn axpy_f32(self, a: f32, x: &[f32], y: &mut [f32]) {
+        self.0.axpy_f32(a, x, y)
+    }
+}
+
+/// Unaligned load of 32 bf16.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn ld_bh(p: *const bf16) -> __m512bh {
+    // __m512bh and __m512i are both plain 64-byte vectors.
+    std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(p as *const _))
+}
+
+/// `vdpbf16ps`: each f32 lane accumulates the products of one adjacent bf16 pair, so 32
+/// columns per instruction and no widening.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn avx512bf16_dot_rows_bx<const R: usize>(rows: [&[bf16]; R], x: &[bf16]) -> [f32; R] {
+    let n = x.len();
+    let xp = x.as_ptr();
+    let wp: [*const bf16; R] = std::array::from_fn(|r| rows[r].as_ptr());
+    let mut a0 = [_mm512_setzero_ps(); R];
+    let mut a1 = [_mm512_setzero_ps(); R];
+    let mut c = 0;
+    while c + 64 <= n {
+        let x0 = ld_bh(xp.add(c));
+        let x1 = ld_bh(xp.add(c + 32));
+        for r in 0..R {
+            a0[r] = _mm512_dpbf16_ps(a0[r], ld_bh(wp[r].add(c)), x0);
+            a1[r] = _mm512_dpbf16_ps(a1[r], ld_bh(wp[r].add(c + 32)), x1);
+        }
+        c += 64;
+    }
+    if c + 32 <= n {
+        let x0 = ld_bh(xp.add(c));
+        for r in 0..R {
+            a0[r] = _mm512_dpbf16_ps(a0[r], ld_bh(wp[r].add(c)), x0);
+        }
+        c += 32;
+    }
+    let mut out = [0f32; R];
+    for r in 0..R {
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(a0[r], a1[r]));
+        for k in c..n {
+            s += widen(*rows[r].get_unchecked(k)) * widen(*x.get_unchecked(k));
+        }
+        out[r] = s;
+    }
+    out
 }

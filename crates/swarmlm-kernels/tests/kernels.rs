@@ -179,6 +179,31 @@ fn simd_paths_agree_with_scalar() {
 }
 
 #[test]
+fn bf16_activation_matvec_matches_reference_on_every_isa() {
+    let mut rng = Rng::new(9);
+    for &(rows, cols) in SHAPES {
+        let wbuf = rng.bf16_unaligned(rows * cols, 1.0);
+        let w = &wbuf[1..];
+        let xf = rng.vec(cols + 1);
+        let mut xb = vec![bf16::ZERO; cols + 1];
+        round_to_bf16(&xf, &mut xb);
+        // Offset by one element: the activations are only 2-byte aligned too.
+        let x = &xb[1..];
+        let xw: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        for isa in Isa::available() {
+            for pool in pools() {
+                let mut y = vec![f32::NAN; rows];
+                try_matvec_bf16_bf16act_with(isa, &pool, w, x, &mut y).unwrap();
+                for r in 0..rows {
+                    let (s, a) = dot_ref(&w[r * cols..(r + 1) * cols], &xw);
+                    assert_close(y[r], s, a, cols, &format!("bf16act {rows}x{cols} {isa:?}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn matmul_matches_reference_for_many_token_counts() {
     let mut rng = Rng::new(4);
     for &(rows, cols) in &[(5usize, 33usize), (37, 250), (131, 517)] {
