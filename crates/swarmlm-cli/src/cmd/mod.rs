@@ -1,0 +1,3 @@
+//! One module per subcommand: each defines its clap `Args` and a `run` that returns the exit code.
+
+pub mod completions;

@@ -1,0 +1,45 @@
+//! The `swarmlm` command: one binary, one subcommand per job.
+//!
+//! The library crates return typed errors; this binary turns them into one readable message
+//! with its causes and a hint, and into the exit codes other tools rely on:
+//! 0 success, 1 failure, 2 usage error (clap's own code for bad arguments).
+
+mod cmd;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Fetch open-weight mixture-of-experts models over BitTorrent, verify every byte, seed them
+/// back, and run them from memory-mapped weights.
+#[derive(Parser, Debug)]
+#[command(name = "swarmlm", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cmd::completions::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    output::init_tracing(cli.verbose, cli.quiet);
+    let result = match cli.command {
+        Command::Completions(args) => cmd::completions::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => output::report_error(&err),
+    }
+}

@@ -1,0 +1,1 @@
+//! swarmlm-engine: see docs/ARCHITECTURE.md.

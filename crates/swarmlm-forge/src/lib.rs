@@ -1,0 +1,1 @@
+//! swarmlm-forge: see docs/ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! swarmlm-swarm: see docs/ARCHITECTURE.md.

@@ -1,0 +1,43 @@
+//! Shared helpers for the end-to-end tests that drive the built `swarmlm` binary.
+//!
+//! These tests run the real binary as a user would. `cargo test --workspace` builds it (the
+//! `swarmlm-cli` package is part of the run), so the binary sits next to the test executables
+//! in the target directory; [`swarmlm_bin`] finds it there.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Path of the `swarmlm` binary built by this same cargo invocation.
+///
+/// Panics with instructions when it is missing: that is a setup problem of the test run,
+/// not a result to assert on.
+pub fn swarmlm_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("SWARMLM_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test-exe> → target/<profile>/swarmlm
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = profile_dir.join("swarmlm");
+    assert!(
+        bin.is_file(),
+        "the swarmlm binary is not at {}: run the tests with `cargo test --workspace` \
+         (which builds it), or build it first with `cargo build -p swarmlm-cli`, \
+         or point SWARMLM_BIN at it",
+        bin.display()
+    );
+    bin
+}
+
+/// A `Command` for the `swarmlm` binary with a private `SWARMLM_HOME`, so a test never reads
+/// or writes the user's model store.
+pub fn swarmlm(home: &std::path::Path) -> Command {
+    let mut cmd = Command::new(swarmlm_bin());
+    cmd.env("SWARMLM_HOME", home)
+        .env_remove("XDG_DATA_HOME")
+        .env("NO_COLOR", "1");
+    cmd
+}
