@@ -47,8 +47,11 @@ mod error;
 mod hf;
 mod mapped;
 pub mod names;
+pub mod pickle;
+pub mod pth;
 mod resident;
 pub mod st_header;
+pub mod zip;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -198,6 +201,17 @@ impl<'a> TensorView<'a> {
     }
 }
 
+/// A validated tensor as a file parser reports it: its name (the hub name for `.pth`), type,
+/// shape, and absolute byte range `[start, end)` in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub start: u64,
+    pub end: u64,
+}
+
 /// One tensor's place in one mapped file (absolute offsets, validated at open).
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
@@ -233,6 +247,14 @@ impl Checkpoint {
         let has = |name: &str| dir.join(name).exists();
         let (format, loaded) = if has(hf::CONFIG) && (has(hf::INDEX) || has(hf::SINGLE)) {
             (Format::HfSafetensors, hf::open(dir)?)
+        } else if has(pth::PARAMS) && has(pth::CONSOLIDATED) {
+            let l = pth::open(dir)?;
+            let loaded = hf::Loaded {
+                config: l.config,
+                files: vec![l.file],
+                tensors: l.tensors,
+            };
+            (Format::MistralPth, loaded)
         } else {
             return Err(WeightsError::NoCheckpoint {
                 dir: dir.to_path_buf(),

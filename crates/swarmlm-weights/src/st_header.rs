@@ -16,21 +16,11 @@ use std::path::Path;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
-use crate::{Dtype, WeightsError};
+use crate::{Dtype, RawTensor, WeightsError};
 
 /// Headers above this are refused outright (the `safetensors` crate uses the same bound); the
 /// real Mixtral shards have headers of a few tens of KiB.
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
-
-/// One validated tensor entry; offsets are absolute positions in the file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HeaderEntry {
-    pub name: String,
-    pub dtype: Dtype,
-    pub shape: Vec<usize>,
-    pub start: u64,
-    pub end: u64,
-}
 
 /// A JSON object read as its list of members in file order, so duplicate names can be seen
 /// (a plain map would keep only the last).
@@ -58,7 +48,7 @@ impl<'de> Deserialize<'de> for Members {
 
 /// Parses and validates the header of a safetensors file whose complete contents are `bytes`.
 /// `file` is only used to name the file in errors.
-pub fn parse_header(file: &Path, bytes: &[u8]) -> Result<Vec<HeaderEntry>, WeightsError> {
+pub fn parse_header(file: &Path, bytes: &[u8]) -> Result<Vec<RawTensor>, WeightsError> {
     let file_len = bytes.len() as u64;
     let hjson = |reason: String| WeightsError::HeaderJson {
         file: file.to_path_buf(),
@@ -176,7 +166,7 @@ pub fn parse_header(file: &Path, bytes: &[u8]) -> Result<Vec<HeaderEntry>, Weigh
                 align: dtype.size(),
             });
         }
-        entries.push(HeaderEntry {
+        entries.push(RawTensor {
             name,
             dtype,
             shape,

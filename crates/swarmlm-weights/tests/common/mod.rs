@@ -9,6 +9,8 @@ use safetensors::tensor::TensorView as StView;
 use safetensors::Dtype as StDtype;
 use swarmlm_weights::{hf_tensor_names, MixtralConfig};
 
+pub mod pth;
+
 pub const TINY_CONFIG: &str = r#"{
   "architectures": ["MixtralForCausalLM"],
   "model_type": "mixtral",
