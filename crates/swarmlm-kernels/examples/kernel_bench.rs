@@ -17,7 +17,14 @@ const H: usize = 4096;
 const I: usize = 14336;
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // `--only prefill` (or probe, matvec, ffn, dispatch) runs one section.
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1).cloned());
+    let want = |sec: &str| only.as_deref().is_none_or(|o| o == sec);
     let reps = if quick { 4 } else { 10 };
     let phys = Pool::physical_cores();
     let max_threads = phys.max(1);
@@ -38,13 +45,20 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
-    let words = probe_mib * 1024 * 1024 / 8;
+    let words = if want("probe") {
+        probe_mib * 1024 * 1024 / 8
+    } else {
+        0
+    };
     let buf: Vec<u64> = (0..words as u64)
         .map(|i| i.wrapping_mul(0x9E37_79B9))
         .collect();
-    println!("\n## 1. read-bandwidth probe ({probe_mib} MiB, sum of u64, best of {reps})");
-    let mut probe_best = 0f64;
-    for pool in &pools {
+    let mut probe_best = f64::NAN;
+    if want("probe") {
+        println!("\n## 1. read-bandwidth probe ({probe_mib} MiB, sum of u64, best of {reps})");
+        probe_best = 0.0;
+    }
+    for pool in pools.iter().filter(|_| want("probe")) {
         let (best, med) = measure(reps, || {
             let sums: Vec<std::sync::atomic::AtomicU64> = (0..pool.threads())
                 .map(|_| std::sync::atomic::AtomicU64::new(0))
@@ -64,7 +78,9 @@ fn main() {
         probe_best = probe_best.max(gbs);
     }
     drop(buf);
-    println!("roofline (best probe): {probe_best:.2} GB/s");
+    if want("probe") {
+        println!("roofline (best probe): {probe_best:.2} GB/s");
+    }
 
     // -- 2. matvec at expert shape -------------------------------------------------------------
     let mut seed = 0x1234_5678_9abc_def1u64;
@@ -84,13 +100,15 @@ fn main() {
     let x: Vec<f32> = (0..H).map(|i| ((i as f32) * 0.01).sin()).collect();
     let mut y = vec![0f32; I];
     let wbytes = (I * H * 2) as f64;
-    println!(
-        "\n## 2. matvec_bf16 {I}x{H} ({:.0} MB of bf16 weights), best of {reps}",
-        wbytes / 1e6
-    );
-    println!("| isa | threads | ms/call | GB/s | % of roofline |");
-    println!("|---|---|---|---|---|");
-    for isa in Isa::available() {
+    if want("matvec") {
+        println!(
+            "\n## 2. matvec_bf16 {I}x{H} ({:.0} MB of bf16 weights), best of {reps}",
+            wbytes / 1e6
+        );
+        println!("| isa | threads | ms/call | GB/s | % of roofline |");
+        println!("|---|---|---|---|---|");
+    }
+    for isa in Isa::available().into_iter().filter(|_| want("matvec")) {
         for pool in &pools {
             if isa == Isa::Scalar && quick && pool.threads() > 1 {
                 continue;
@@ -116,15 +134,17 @@ fn main() {
 
     // -- 3. expert FFN ---------------------------------------------------------------------------
     let fbytes = 3.0 * wbytes;
-    println!(
-        "\n## 3. expert_ffn_bf16 H={H} I={I} ({:.0} MB per call), best of {reps}",
-        fbytes / 1e6
-    );
-    println!("| isa | threads | ms/call | GB/s | % of roofline |");
-    println!("|---|---|---|---|---|");
+    if want("ffn") {
+        println!(
+            "\n## 3. expert_ffn_bf16 H={H} I={I} ({:.0} MB per call), best of {reps}",
+            fbytes / 1e6
+        );
+        println!("| isa | threads | ms/call | GB/s | % of roofline |");
+        println!("|---|---|---|---|---|");
+    }
     let mut out = vec![0f32; H];
     let mut scratch = vec![0f32; I];
-    for isa in Isa::available() {
+    for isa in Isa::available().into_iter().filter(|_| want("ffn")) {
         if isa == Isa::Scalar {
             continue;
         }
@@ -144,16 +164,20 @@ fn main() {
             );
         }
     }
-    println!(
-        "=> Mixtral-8x7B decode bound at this bandwidth: ~{:.1} tokens/s (about {:.2} GB of \
+    if want("probe") {
+        println!(
+            "=> Mixtral-8x7B decode bound at this bandwidth: ~{:.1} tokens/s (about {:.2} GB of \
          bf16 weights per token: 2 experts x 32 layers + attention)",
-        probe_best / MIXTRAL_BYTES_PER_TOKEN,
-        MIXTRAL_BYTES_PER_TOKEN
-    );
+            probe_best / MIXTRAL_BYTES_PER_TOKEN,
+            MIXTRAL_BYTES_PER_TOKEN
+        );
+    }
 
     // -- 4. dispatch overhead and prefill ----------------------------------------------------
-    println!("\n## 4. pool dispatch and prefill");
-    for pool in &pools {
+    if want("dispatch") || want("prefill") {
+        println!("\n## 4. pool dispatch and prefill");
+    }
+    for pool in pools.iter().filter(|_| want("dispatch")) {
         let n = 20_000;
         let t = Instant::now();
         for _ in 0..n {
@@ -170,19 +194,37 @@ fn main() {
     let ntok = 64;
     let xs: Vec<f32> = (0..ntok * H).map(|i| ((i as f32) * 0.001).cos()).collect();
     let mut ys = vec![0f32; ntok * I];
-    let pool = pools.last().expect("at least one pool");
-    let (best, _) = measure(reps.min(4), || {
-        matmul_bf16(pool, &w1, &xs, ntok, &mut ys);
-        std::hint::black_box(&ys);
-    });
     let flops = 2.0 * (I * H * ntok) as f64;
-    println!(
-        "matmul_bf16 {I}x{H} x {ntok} tokens, {} threads: {:.1} ms, {:.1} GFLOP/s ({:.0} tokens/s for this matrix)",
-        pool.threads(),
-        best.as_secs_f64() * 1e3,
-        flops / best.as_secs_f64() / 1e9,
-        ntok as f64 / best.as_secs_f64()
-    );
+    for pool in pools.iter().filter(|_| want("prefill")) {
+        let (best, _) = measure(reps.min(4), || {
+            matmul_bf16(pool, &w1, &xs, ntok, &mut ys);
+            std::hint::black_box(&ys);
+        });
+        println!(
+            "matmul_bf16 {I}x{H} x {ntok} tokens, {} threads: {:.1} ms, {:.1} GFLOP/s ({:.0} tokens/s for this matrix)",
+            pool.threads(),
+            best.as_secs_f64() * 1e3,
+            flops / best.as_secs_f64() / 1e9,
+            ntok as f64 / best.as_secs_f64()
+        );
+    }
+    // On a shared machine wall time includes time the thread was descheduled; on-CPU time of
+    // the (single) calling thread gives the kernel's own speed.
+    let single = Pool::single();
+    if let Some(c0) = thread_cpu_ns().filter(|_| want("prefill")) {
+        matmul_bf16(&single, &w1, &xs, ntok, &mut ys);
+        let c1 = thread_cpu_ns().unwrap_or(c0);
+        println!(
+            "matmul_bf16 single thread, per on-CPU second: {:.1} GFLOP/s",
+            flops / ((c1 - c0) as f64 * 1e-9) / 1e9
+        );
+    }
+}
+
+/// Nanoseconds the calling thread has run on a CPU (Linux schedstat), if available.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
 }
 
 /// Active bf16 bytes per Mixtral-8x7B token: 32 layers × (2 experts × 3 × 4096 × 14336 +
