@@ -19,7 +19,7 @@ const I: usize = 14336;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only prefill` (or probe, matvec, ffn, dispatch) runs one section.
+    // `--only prefill` (or probe, matvec, paired, ffn, dispatch) runs one section.
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -129,6 +129,60 @@ fn main() {
                 best.as_secs_f64() * 1e3,
                 100.0 * gbs / probe_best
             );
+        }
+    }
+
+    // -- 2b. paired: probe and kernel over the same bytes, interleaved -----------------------
+    // On a shared machine the bandwidth available drifts from second to second, so the two
+    // sides of the ratio are measured back to back in every repetition, over the same 352 MB
+    // (w1, w3, w2): a u64 sum of those bytes vs the three matvecs of an expert.
+    if want("paired") {
+        println!(
+            "\n## 2b. paired: u64 sum vs matvec over the same 352 MB (w1, w3, w2), interleaved"
+        );
+        println!("| isa | threads | probe GB/s (best) | matvec GB/s (best) | ratio of bests | median per-rep ratio |");
+        println!("|---|---|---|---|---|---|");
+        let mut h = vec![0f32; I];
+        let mut o = vec![0f32; H];
+        for isa in Isa::available().into_iter().filter(|i| *i != Isa::Scalar) {
+            for pool in &pools {
+                let mut tp = Vec::new();
+                let mut tm = Vec::new();
+                for rep in 0..=reps * 2 {
+                    let s0 = Instant::now();
+                    for w in [&w1, &w3, &w2] {
+                        std::hint::black_box(sum_bf16_as_u64(pool, w));
+                    }
+                    let p = s0.elapsed();
+                    let s1 = Instant::now();
+                    try_matvec_bf16_with(isa, pool, &w1, &x, &mut h).unwrap();
+                    try_matvec_bf16_with(isa, pool, &w3, &x, &mut h).unwrap();
+                    try_matvec_bf16_with(isa, pool, &w2, &h, &mut o).unwrap();
+                    std::hint::black_box(&o);
+                    let m = s1.elapsed();
+                    if rep > 0 {
+                        tp.push(p);
+                        tm.push(m);
+                    }
+                }
+                let mut ratios: Vec<f64> = tp
+                    .iter()
+                    .zip(&tm)
+                    .map(|(p, m)| p.as_secs_f64() / m.as_secs_f64())
+                    .collect();
+                ratios.sort_by(f64::total_cmp);
+                let bp = tp.iter().min().expect("reps > 0").as_secs_f64();
+                let bm = tm.iter().min().expect("reps > 0").as_secs_f64();
+                println!(
+                    "| {} | {} | {:.2} | {:.2} | {:.0}% | {:.0}% |",
+                    isa.name(),
+                    pool.threads(),
+                    3.0 * wbytes / bp / 1e9,
+                    3.0 * wbytes / bm / 1e9,
+                    100.0 * bp / bm,
+                    100.0 * ratios[ratios.len() / 2]
+                );
+            }
         }
     }
 
@@ -247,6 +301,19 @@ fn measure(reps: usize, mut f: impl FnMut()) -> (Duration, Duration) {
         .collect();
     t.sort();
     (t[0], t[t.len() / 2])
+}
+
+/// The u64 sum of a bf16 buffer's bytes, split over the pool (the probe over weight memory).
+fn sum_bf16_as_u64(pool: &Pool, w: &[bf16]) -> u64 {
+    // SAFETY: every bit pattern is a valid u64 and bf16 is plain 2-byte data; align_to only
+    // reinterprets the aligned middle part.
+    let (_, mid, _) = unsafe { w.align_to::<u64>() };
+    let total = std::sync::atomic::AtomicU64::new(0);
+    pool.run(|i, n| {
+        let r = split_range(mid.len(), n, i, 8);
+        total.fetch_add(sum_u64(&mid[r]), std::sync::atomic::Ordering::Relaxed);
+    });
+    total.into_inner()
 }
 
 /// Four independent accumulators so the loop is limited by loads, not by the add chain.

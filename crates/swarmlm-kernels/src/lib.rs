@@ -11,6 +11,19 @@
 //! [`expert_ffn_bf16_batch`] growing its caller-owned scratch `Vec` when it is too small.
 //! Plain functions panic on mismatched lengths (a caller bug); `try_*` twins return
 //! [`KernelError`]; `*_with` twins take an explicit [`Isa`] (tests, benchmarks).
+//!
+//! Numerics: products are exact (bf16 widens exactly to f32) and accumulated in f32 with
+//! several independent accumulators, so results differ from a sequential sum by rounding only;
+//! the tests bound the error against an f64 reference by `1e-6 · sqrt(cols) · Σ|wᵢxᵢ|`. A row's
+//! summation order is fixed per ISA and does not depend on the thread split, so matvec output
+//! is bitwise identical for any pool size (but differs in the last bits between ISAs).
+//!
+//! Threading: [`Pool::run`] / [`Pool::run_chunks`] inside a pool job run inline on that thread,
+//! so callers may parallelise an outer loop and still call the kernels. Ops smaller than ~64K
+//! weight elements run on the calling thread (waking workers would cost more).
+//!
+//! ISA: [`isa()`] reports the path; `SWARMLM_KERNELS_ISA=avx2|scalar|…` forces a supported one
+//! for A/B measurements.
 
 // Kernels index several parallel arrays by the same lane/row number; iterator chains would hide
 // that correspondence rather than clarify it.
