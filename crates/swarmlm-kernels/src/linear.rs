@@ -21,9 +21,10 @@ const PAR_MIN_ELEMS: usize = 1 << 16;
 /// never write to the same line.
 const ROW_ALIGN: usize = 16;
 
-/// Weight elements per dynamically claimed chunk (~512 KB of bf16): large enough that claiming
-/// and the broken prefetch stream at chunk edges cost nothing, small enough to balance well.
-const CHUNK_ELEMS: usize = 1 << 18;
+/// Weight elements per dynamically claimed chunk (~2 MB of bf16): long enough that each of the
+/// micro-kernel's read streams runs for hundreds of KB, small enough to balance well (56
+/// chunks for a 14336 × 4096 expert matrix).
+const CHUNK_ELEMS: usize = 1 << 20;
 
 /// Runs `f` over `0..rows` split into chunks claimed dynamically by the pool's threads, or
 /// inline when the op (`rows * work_per_row` weight elements) is too small to wake workers.
@@ -170,16 +171,17 @@ pub fn try_matvec_bf16_bf16act_with(
     with_backend!(isa, b => par_rows(pool, rows, cols, |r| {
         // SAFETY: chunks are disjoint row ranges of `y`, which outlives the job.
         let y = unsafe { ys.slice(r.clone()) };
-        let row = |i: usize| &w[i * cols..(i + 1) * cols];
-        let mut i = r.start;
-        while i + 4 <= r.end {
-            let v = b.dot_rows_bx::<4>([row(i), row(i + 1), row(i + 2), row(i + 3)], x);
-            y[i - r.start..i - r.start + 4].copy_from_slice(&v);
-            i += 4;
+        let row = |i: usize| &w[r.start * cols + i * cols..r.start * cols + (i + 1) * cols];
+        // Quarters of the chunk as four long read streams (see `matvec_rows`).
+        let q = r.len() / 4;
+        for i in 0..q {
+            let v = b.dot_rows_bx::<4>([row(i), row(q + i), row(2 * q + i), row(3 * q + i)], x);
+            for k in 0..4 {
+                y[k * q + i] = v[k];
+            }
         }
-        while i < r.end {
-            y[i - r.start] = b.dot_rows_bx::<1>([row(i)], x)[0];
-            i += 1;
+        for i in 4 * q..r.len() {
+            y[i] = b.dot_rows_bx::<1>([row(i)], x)[0];
         }
     }));
     Ok(())
@@ -224,19 +226,21 @@ fn matvec_rows<B: Backend>(b: B, w: &[bf16], x: &[f32], y: &mut [f32], mode: Mod
         Mode::Store => *y = v,
         Mode::AddScaled(s) => *y += s * v,
     };
-    let mut r = 0;
     let rows = y.len();
-    while r + 4 <= rows {
-        let v = b.dot_rows::<4>([row(r), row(r + 1), row(r + 2), row(r + 3)], x);
+    // The four rows of a micro-kernel call come from the four quarters of the block, so each
+    // of the four read streams runs contiguously through a quarter (consecutive rows are
+    // adjacent in memory) instead of restarting every 4 rows, which keeps the hardware
+    // prefetchers locked on.
+    let q = rows / 4;
+    for i in 0..q {
+        let v = b.dot_rows::<4>([row(i), row(q + i), row(2 * q + i), row(3 * q + i)], x);
         for k in 0..4 {
-            emit(&mut y[r + k], v[k]);
+            emit(&mut y[k * q + i], v[k]);
         }
-        r += 4;
     }
-    while r < rows {
+    for r in 4 * q..rows {
         let v = b.dot_rows::<1>([row(r)], x);
         emit(&mut y[r], v[0]);
-        r += 1;
     }
 }
 
@@ -532,16 +536,19 @@ fn gate_up_driver<B: Backend>(
         let h = unsafe { hs.slice(r.clone()) };
         let g = |i: usize| &w1[i * cols..(i + 1) * cols];
         let u = |i: usize| &w3[i * cols..(i + 1) * cols];
-        let mut i = r.start;
-        while i + 2 <= r.end {
-            let v = b.dot_rows::<4>([g(i), g(i + 1), u(i), u(i + 1)], x);
-            h[i - r.start] = silu(v[0]) * v[2];
-            h[i + 1 - r.start] = silu(v[1]) * v[3];
-            i += 2;
+        // Rows i and half + i of each matrix: four long contiguous read streams (see
+        // `matvec_rows`).
+        let half = r.len() / 2;
+        for k in 0..half {
+            let (i, j) = (r.start + k, r.start + half + k);
+            let v = b.dot_rows::<4>([g(i), g(j), u(i), u(j)], x);
+            h[k] = silu(v[0]) * v[2];
+            h[half + k] = silu(v[1]) * v[3];
         }
-        if i < r.end {
+        if r.len() % 2 == 1 {
+            let i = r.end - 1;
             let v = b.dot_rows::<2>([g(i), u(i)], x);
-            h[i - r.start] = silu(v[0]) * v[1];
+            h[r.len() - 1] = silu(v[0]) * v[1];
         }
     });
 }
