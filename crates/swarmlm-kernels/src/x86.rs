@@ -2,8 +2,9 @@
 //!
 //! bf16 → f32 widening is a zero-extend of each u16 to 32 bits and a left shift by 16
 //! (`vpmovzxwd` + `vpslld`), which is exact; the product is accumulated with FMA in f32. Each
-//! row keeps two vector accumulators and the same summation order whatever R is, so a row's
-//! result does not depend on which rows share the call. Weights come straight from a memory map
+//! row keeps its own vector accumulator(s) with the same summation order whatever R is, so a
+//! row's result does not depend on which rows share the call. (AVX2 uses one accumulator per
+//! row so that 8 rows fit the 16 ymm registers; the R rows are the independent FMA chains.) Weights come straight from a memory map
 //! and are only 2-byte aligned, so every load is unaligned.
 //!
 //! The backends are zero-sized tokens that can only be created after run-time detection of the
@@ -108,14 +109,15 @@ unsafe fn avx2_dot_rows<const R: usize>(rows: [&[bf16]; R], x: &[f32]) -> [f32; 
     let xp = x.as_ptr();
     let wp: [*const bf16; R] = std::array::from_fn(|r| rows[r].as_ptr());
     let mut a0 = [_mm256_setzero_ps(); R];
-    let mut a1 = [_mm256_setzero_ps(); R];
     let mut c = 0;
     while c + 16 <= n {
         let x0 = _mm256_loadu_ps(xp.add(c));
         let x1 = _mm256_loadu_ps(xp.add(c + 8));
         for r in 0..R {
             a0[r] = _mm256_fmadd_ps(widen8(wp[r].add(c)), x0, a0[r]);
-            a1[r] = _mm256_fmadd_ps(widen8(wp[r].add(c + 8)), x1, a1[r]);
+        }
+        for r in 0..R {
+            a0[r] = _mm256_fmadd_ps(widen8(wp[r].add(c + 8)), x1, a0[r]);
         }
         c += 16;
     }
@@ -128,7 +130,7 @@ unsafe fn avx2_dot_rows<const R: usize>(rows: [&[bf16]; R], x: &[f32]) -> [f32; 
     }
     let mut out = [0f32; R];
     for r in 0..R {
-        let mut s = hsum256(_mm256_add_ps(a0[r], a1[r]));
+        let mut s = hsum256(a0[r]);
         for k in c..n {
             s += widen(*rows[r].get_unchecked(k)) * *x.get_unchecked(k);
         }
