@@ -2,9 +2,12 @@
 //!
 //! Batch-1 decode issues hundreds of small parallel ops per token (every matvec, every expert), so
 //! spawning threads or allocating per op would cost more than the op itself. The pool creates its
-//! threads once; an op publishes a borrowed closure, bumps a generation counter, runs its own share
-//! on the calling thread and waits for the workers. Idle workers spin briefly (ops arrive
-//! back-to-back during decode) and then park on a condvar so an idle engine costs no CPU.
+//! threads once; an op publishes a borrowed closure under a new generation, and every thread,
+//! the caller included, claims the op's shares (`f(share, n_shares)`) from one atomic word until
+//! none is left. The caller then waits only for shares already running: a worker the OS has not
+//! scheduled yet (shared, oversubscribed machines) never delays an op, the caller simply runs
+//! its share too. Idle workers spin briefly (ops arrive back-to-back during decode) and then park
+//! on a condvar so an idle engine costs no CPU.
 
 use std::cell::{Cell, UnsafeCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -22,15 +25,31 @@ thread_local! {
     static IN_POOL_JOB: Cell<bool> = const { Cell::new(false) };
 }
 
-/// The job closure as seen by workers: a type- and lifetime-erased pointer. It is only ever
-/// dereferenced between the generation bump that publishes it and the `remaining` countdown
-/// that retires it, both inside `Pool::run`, which keeps the closure borrowed meanwhile.
+/// The job closure as seen by workers: a type- and lifetime-erased pointer. It is only
+/// dereferenced by a thread that claimed a share of the job's generation, and `Pool::run` keeps
+/// the closure borrowed until every share is claimed and no share is running.
 type JobPtr = *const (dyn Fn(usize, usize) + Sync);
+
+/// `state` word layout: generation (high 32 bits) | shares claimed (16) | shares running (16).
+const CLAIM_ONE: u64 = 1 << 16;
+const FIELD: u64 = 0xFFFF;
+
+fn gen_of(s: u64) -> u64 {
+    s >> 32
+}
+fn claimed_of(s: u64) -> u64 {
+    (s >> 16) & FIELD
+}
+fn running_of(s: u64) -> u64 {
+    s & FIELD
+}
+
+/// Most threads a pool will use (the share counters are 16 bits wide).
+const MAX_THREADS: usize = 1024;
 
 struct Shared {
     job: UnsafeCell<Option<JobPtr>>,
-    generation: AtomicU64,
-    remaining: AtomicUsize,
+    state: AtomicU64,
     sleepers: AtomicUsize,
     sleep_lock: Mutex<()>,
     wake: Condvar,
@@ -40,9 +59,10 @@ struct Shared {
     n_threads: AtomicUsize,
 }
 
-// SAFETY: `job` is written only by the thread holding `Pool::run_lock` while no worker is
-// running a job (all have counted down `remaining`), and read by workers only after observing
-// the new generation with Acquire ordering, which happens-after that write (Release bump).
+// SAFETY: `job` is written only by the thread holding `Pool::run_lock` while no share of the
+// previous job is unclaimed or running, and read only by a thread that claimed a share of the
+// current generation with an Acquire CAS on `state`, which happens-after the write (the new
+// generation is published by a SeqCst store after writing `job`).
 unsafe impl Sync for Shared {}
 // SAFETY: the raw job pointer is only a borrowed `Sync` closure; see the Sync argument above.
 unsafe impl Send for Shared {}
@@ -64,14 +84,14 @@ impl Pool {
             Self::physical_cores()
         } else {
             threads
-        };
+        }
+        .min(MAX_THREADS);
         if n <= 1 {
             return Pool::single();
         }
         let shared = Arc::new(Shared {
             job: UnsafeCell::new(None),
-            generation: AtomicU64::new(0),
-            remaining: AtomicUsize::new(0),
+            state: AtomicU64::new(0),
             sleepers: AtomicUsize::new(0),
             sleep_lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -84,7 +104,7 @@ impl Pool {
             let s = Arc::clone(&shared);
             let h = std::thread::Builder::new()
                 .name(format!("swarmlm-kern-{idx}"))
-                .spawn(move || worker_loop(&s, idx));
+                .spawn(move || worker_loop(&s));
             match h {
                 Ok(h) => handles.push(h),
                 // Could not spawn (resource limits): run with the workers we have.
@@ -133,9 +153,12 @@ impl Pool {
         }
     }
 
-    /// Runs `f(thread_idx, n_threads)` once on every thread of the pool (the caller is thread 0)
-    /// and returns when all have finished. A panic in any share is re-raised here after all
-    /// shares have stopped. Called from inside a job, it runs `f(0, 1)` inline.
+    /// Runs `f(share, n_shares)` once for every share `0..n_shares` (`n_shares` =
+    /// [`Pool::threads`]) and returns when all have finished. Shares run concurrently on the
+    /// pool's threads; which thread runs which share is not fixed (a thread may run several if
+    /// another is slow to start), but each share runs exactly once. A panic in any share is
+    /// re-raised here after all shares have stopped. Called from inside a job, it runs `f(0, 1)`
+    /// inline.
     pub fn run<F: Fn(usize, usize) + Sync>(&self, f: F) {
         let shared = match &self.shared {
             Some(s) if !IN_POOL_JOB.with(|c| c.get()) => s,
@@ -148,31 +171,39 @@ impl Pool {
         let n = self.n_threads;
         let job: &(dyn Fn(usize, usize) + Sync) = &f;
         // SAFETY: erasing the lifetime is sound because this function does not return before
-        // every worker has finished with the pointer (the `remaining` wait below), and the
-        // pointer is cleared before `f` goes out of scope.
+        // every share is claimed and none is running (the wait below), after which no thread
+        // can reach the pointer, and the pointer is cleared before `f` goes out of scope.
         let job: JobPtr = unsafe {
             std::mem::transmute::<
                 &(dyn Fn(usize, usize) + Sync),
                 &'static (dyn Fn(usize, usize) + Sync),
             >(job)
         };
-        // SAFETY: we hold `run_lock` and the previous job fully retired (remaining == 0), so no
-        // worker reads `job` concurrently.
+        // SAFETY: we hold `run_lock` and the previous job fully retired (all shares claimed, none
+        // running), so no thread reads `job` concurrently.
         unsafe { *shared.job.get() = Some(job) };
-        shared.remaining.store(n - 1, Ordering::Relaxed);
-        shared.generation.fetch_add(1, Ordering::SeqCst);
+        let g = (gen_of(shared.state.load(Ordering::Relaxed)) + 1) & 0xFFFF_FFFF;
+        shared.state.store(g << 32, Ordering::SeqCst);
         if shared.sleepers.load(Ordering::SeqCst) > 0 {
             let _l = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
             shared.wake.notify_all();
         }
 
         IN_POOL_JOB.with(|c| c.set(true));
-        let mine = catch_unwind(AssertUnwindSafe(|| f(0, n)));
+        let mut mine = Ok(());
+        while let Some(i) = claim(&shared.state, g, n) {
+            let r = catch_unwind(AssertUnwindSafe(|| f(i, n)));
+            shared.state.fetch_sub(1, Ordering::Release);
+            if r.is_err() && mine.is_ok() {
+                mine = r;
+            }
+        }
         IN_POOL_JOB.with(|c| c.set(false));
 
+        // Every share is claimed; wait for the ones still running on workers.
         let start = Instant::now();
         let mut spins = 0u32;
-        while shared.remaining.load(Ordering::Acquire) != 0 {
+        while running_of(shared.state.load(Ordering::Acquire)) != 0 {
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(64) && start.elapsed() > SPIN_FOR {
                 std::thread::yield_now();
@@ -180,7 +211,8 @@ impl Pool {
                 std::hint::spin_loop();
             }
         }
-        // SAFETY: all workers have finished with the job (remaining == 0, Acquire).
+        // SAFETY: all shares are claimed and none is running (Acquire above), so no thread
+        // dereferences the pointer any more and none can claim a share of this generation.
         unsafe { *shared.job.get() = None };
         let worker_panicked = shared.panicked.swap(false, Ordering::Relaxed);
         drop(guard);
@@ -229,7 +261,11 @@ impl Drop for Pool {
     fn drop(&mut self) {
         if let Some(shared) = &self.shared {
             shared.shutdown.store(true, Ordering::SeqCst);
-            shared.generation.fetch_add(1, Ordering::SeqCst);
+            // A new generation with nothing left to claim: wakes workers, runs nothing.
+            let g = (gen_of(shared.state.load(Ordering::Relaxed)) + 1) & 0xFFFF_FFFF;
+            shared
+                .state
+                .store((g << 32) | (FIELD << 16), Ordering::SeqCst);
             {
                 let _l = shared.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
                 shared.wake.notify_all();
@@ -249,20 +285,39 @@ impl std::fmt::Debug for Pool {
     }
 }
 
-fn worker_loop(s: &Shared, idx: usize) {
+/// Claims the next unclaimed share of generation `g` (and counts it as running), if any.
+fn claim(state: &AtomicU64, g: u64, n: usize) -> Option<usize> {
+    let mut cur = state.load(Ordering::Acquire);
+    loop {
+        if gen_of(cur) != g || claimed_of(cur) >= n as u64 {
+            return None;
+        }
+        match state.compare_exchange_weak(
+            cur,
+            cur + CLAIM_ONE + 1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return Some(claimed_of(cur) as usize),
+            Err(now) => cur = now,
+        }
+    }
+}
+
+fn worker_loop(s: &Shared) {
     IN_POOL_JOB.with(|c| c.set(true));
     let mut seen = 0u64;
     loop {
         let start = Instant::now();
         let mut spins = 0u32;
-        let mut g = s.generation.load(Ordering::Acquire);
+        let mut g = gen_of(s.state.load(Ordering::Acquire));
         while g == seen {
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(64) && start.elapsed() > SPIN_FOR {
                 let mut l = s.sleep_lock.lock().unwrap_or_else(|e| e.into_inner());
                 s.sleepers.fetch_add(1, Ordering::SeqCst);
                 loop {
-                    g = s.generation.load(Ordering::SeqCst);
+                    g = gen_of(s.state.load(Ordering::SeqCst));
                     if g != seen {
                         break;
                     }
@@ -272,27 +327,27 @@ fn worker_loop(s: &Shared, idx: usize) {
                 break;
             }
             std::hint::spin_loop();
-            g = s.generation.load(Ordering::Acquire);
+            g = gen_of(s.state.load(Ordering::Acquire));
         }
         seen = g;
         if s.shutdown.load(Ordering::SeqCst) {
             return;
         }
-        // SAFETY: the new generation was published after `job` was set (see `Pool::run`), and
-        // the caller keeps the closure alive until we count down `remaining`.
-        let job = unsafe { *s.job.get() };
-        if let Some(job) = job {
-            // SAFETY: as above; the pointer refers to a live `Sync` closure.
-            let f = unsafe { &*job };
-            if catch_unwind(AssertUnwindSafe(|| {
-                f(idx, s.n_threads.load(Ordering::Relaxed))
-            }))
-            .is_err()
-            {
-                s.panicked.store(true, Ordering::Relaxed);
+        let n = s.n_threads.load(Ordering::Relaxed);
+        while let Some(i) = claim(&s.state, g, n) {
+            // SAFETY: we hold a claimed, running share of generation `g`, so the caller of
+            // `Pool::run` keeps the closure alive and `job` holds it (written before the
+            // generation was published; our Acquire CAS synchronises with that store).
+            let job = unsafe { *s.job.get() };
+            if let Some(job) = job {
+                // SAFETY: as above; the pointer refers to a live `Sync` closure.
+                let f = unsafe { &*job };
+                if catch_unwind(AssertUnwindSafe(|| f(i, n))).is_err() {
+                    s.panicked.store(true, Ordering::Relaxed);
+                }
             }
+            s.state.fetch_sub(1, Ordering::Release);
         }
-        s.remaining.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -389,6 +444,24 @@ impl<T: Copy + std::ops::AddAssign> SharedMut<T> {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn every_share_runs_once_even_if_a_worker_is_slow() {
+        // Share 1 sleeps; the others must still all run exactly once, and run() must wait for
+        // the sleeping share before returning.
+        let pool = Pool::new(3);
+        for _ in 0..20 {
+            let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
+            pool.run(|i, n| {
+                assert_eq!(n, 3);
+                if i == 1 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+    }
 
     #[test]
     fn every_thread_runs_once_per_job() {
