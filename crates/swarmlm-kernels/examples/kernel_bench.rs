@@ -58,28 +58,40 @@ fn main() {
         println!("\n## 1. read-bandwidth probe ({probe_mib} MiB, sum of u64, best of {reps})");
         probe_best = 0.0;
     }
+    // A full pass over 1 GiB rarely runs undisturbed on a shared machine, while a 117 MB matvec
+    // often does; so each pass is also timed in 128 MiB windows (still 4x L3) and the best
+    // window is the roofline the kernels are compared with.
+    const WINDOW: usize = 128 * 1024 * 1024 / 8;
     for pool in pools.iter().filter(|_| want("probe")) {
+        let mut best_window = f64::INFINITY;
         let (best, med) = measure(reps, || {
-            let sums: Vec<std::sync::atomic::AtomicU64> = (0..pool.threads())
-                .map(|_| std::sync::atomic::AtomicU64::new(0))
-                .collect();
-            pool.run(|i, n| {
-                let r = split_range(buf.len(), n, i, 8);
-                sums[i].store(sum_u64(&buf[r]), std::sync::atomic::Ordering::Relaxed);
-            });
-            std::hint::black_box(&sums);
+            for win in buf.chunks(WINDOW) {
+                let t = Instant::now();
+                let sums: Vec<std::sync::atomic::AtomicU64> = (0..pool.threads())
+                    .map(|_| std::sync::atomic::AtomicU64::new(0))
+                    .collect();
+                pool.run(|i, n| {
+                    let r = split_range(win.len(), n, i, 8);
+                    sums[i].store(sum_u64(&win[r]), std::sync::atomic::Ordering::Relaxed);
+                });
+                std::hint::black_box(&sums);
+                if win.len() == WINDOW {
+                    best_window = best_window.min(t.elapsed().as_secs_f64());
+                }
+            }
         });
         let gbs = (words * 8) as f64 / best.as_secs_f64() / 1e9;
         let gbs_med = (words * 8) as f64 / med.as_secs_f64() / 1e9;
+        let gbs_win = (WINDOW * 8) as f64 / best_window / 1e9;
         println!(
-            "threads {}: {gbs:6.2} GB/s best, {gbs_med:6.2} GB/s median",
+            "threads {}: full pass {gbs:6.2} GB/s best, {gbs_med:6.2} GB/s median; best 128 MiB window {gbs_win:6.2} GB/s",
             pool.threads()
         );
-        probe_best = probe_best.max(gbs);
+        probe_best = probe_best.max(if gbs_win.is_finite() { gbs_win } else { gbs });
     }
     drop(buf);
     if want("probe") {
-        println!("roofline (best probe): {probe_best:.2} GB/s");
+        println!("roofline (best probe window): {probe_best:.2} GB/s");
     }
 
     // -- 2. matvec at expert shape -------------------------------------------------------------

@@ -90,15 +90,17 @@ fn matvec_matches_f64_reference_on_every_isa_and_pool() {
     for &(rows, cols) in SHAPES {
         let wbuf = rng.bf16_unaligned(rows * cols, 1.0);
         let w = &wbuf[1..];
-        let x = rng.vec(cols);
+        // Activations offset by one f32 too: 4-byte but not vector aligned.
+        let xbuf = rng.vec(cols + 1);
+        let x = &xbuf[1..];
         let want: Vec<(f64, f64)> = (0..rows)
-            .map(|r| dot_ref(&w[r * cols..(r + 1) * cols], &x))
+            .map(|r| dot_ref(&w[r * cols..(r + 1) * cols], x))
             .collect();
         for isa in Isa::available() {
             let mut first: Option<Vec<f32>> = None;
             for pool in pools() {
                 let mut y = vec![f32::NAN; rows];
-                try_matvec_bf16_with(isa, &pool, w, &x, &mut y).unwrap();
+                try_matvec_bf16_with(isa, &pool, w, x, &mut y).unwrap();
                 for r in 0..rows {
                     assert_close(
                         y[r],
@@ -118,6 +120,24 @@ fn matvec_matches_f64_reference_on_every_isa_and_pool() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn degenerate_shapes() {
+    let pool = Pool::new(2);
+    for isa in Isa::available() {
+        // No columns: every dot product is the empty sum.
+        let mut y = vec![f32::NAN; 3];
+        try_matvec_bf16_with(isa, &pool, &[], &[], &mut y).unwrap();
+        assert_eq!(y, vec![0.0; 3]);
+        // No rows.
+        try_matvec_bf16_with(isa, &pool, &[], &[1.0; 5], &mut []).unwrap();
+        // No tokens.
+        try_matmul_bf16_with(isa, &pool, &[], &[], 0, &mut []).unwrap();
+        let mut s = Vec::new();
+        try_expert_ffn_bf16_batch_with(isa, &pool, &[], &[], &[], &[], 0, &[], &mut [], &mut s)
+            .unwrap();
     }
 }
 
