@@ -345,17 +345,19 @@ fn matmul_driver<B: Backend>(
 ) {
     let row = |r: usize| &w[r * cols..(r + 1) * cols];
     par_rows(pool, rows, cols.saturating_mul(n), |rr| {
-        let full = rr.start + (rr.len() / 4) * 4;
+        // Unit u = rows s+u, s+q+u, s+2q+u, s+3q+u: four long read streams (see
+        // `matvec_rows`), which matters when n is small and the op is bandwidth bound.
+        let (s, q) = (rr.start, rr.len() / 4);
         run_tiles::<B, 4>(
             b,
             x,
             cols,
             n,
-            (rr.start..full).step_by(4),
-            |r| [row(r), row(r + 1), row(r + 2), row(r + 3)],
-            |r, t, v| {
+            0..q,
+            |u| std::array::from_fn(|k| row(s + k * q + u)),
+            |u, t, v| {
                 for (k, vk) in v.into_iter().enumerate() {
-                    emit(t, r + k, vk);
+                    emit(t, s + k * q + u, vk);
                 }
             },
         );
@@ -364,7 +366,7 @@ fn matmul_driver<B: Backend>(
             x,
             cols,
             n,
-            full..rr.end,
+            s + 4 * q..rr.end,
             |r| [row(r)],
             |r, t, v| emit(t, r, v[0]),
         );
@@ -648,17 +650,19 @@ pub fn try_expert_ffn_bf16_batch_with(
         let g = |i: usize| &w1[i * hidden..(i + 1) * hidden];
         let u = |i: usize| &w3[i * hidden..(i + 1) * hidden];
         par_rows(pool, inter, 2 * hidden * n, |rr| {
-            let full = rr.start + (rr.len() / 2) * 2;
-            run_tiles::<_, 4>(b, x, hidden, n, (rr.start..full).step_by(2),
-                |i| [g(i), g(i + 1), u(i), u(i + 1)],
-                |i, t, v| {
-                    // SAFETY: thread-disjoint rows i; `h` outlives the job.
+            // Unit k = rows s+k and s+half+k of w1 and of w3: four long read streams.
+            let (s, half) = (rr.start, rr.len() / 2);
+            run_tiles::<_, 4>(b, x, hidden, n, 0..half,
+                |k| [g(s + k), g(s + half + k), u(s + k), u(s + half + k)],
+                |k, t, v| {
+                    // SAFETY: rows of this chunk only (chunks are thread-disjoint); `h`
+                    // outlives the job.
                     unsafe {
-                        hs.set(t * inter + i, silu(v[0]) * v[2]);
-                        hs.set(t * inter + i + 1, silu(v[1]) * v[3]);
+                        hs.set(t * inter + s + k, silu(v[0]) * v[2]);
+                        hs.set(t * inter + s + half + k, silu(v[1]) * v[3]);
                     }
                 });
-            run_tiles::<_, 2>(b, x, hidden, n, full..rr.end, |i| [g(i), u(i)], |i, t, v| {
+            run_tiles::<_, 2>(b, x, hidden, n, s + 2 * half..rr.end, |i| [g(i), u(i)], |i, t, v| {
                 // SAFETY: as above.
                 unsafe { hs.set(t * inter + i, silu(v[0]) * v[1]) }
             });
