@@ -19,7 +19,7 @@ const I: usize = 14336;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only prefill` (or probe, matvec, paired, oncpu, ffn, dispatch) runs one section.
+    // `--only prefill` (or probe, matvec, paired, oncpu, shapes, ffn, dispatch) runs one section.
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -268,6 +268,55 @@ fn main() {
                     isa.name(),
                     100.0 * bm / bp,
                     100.0 * bk / bp
+                );
+            }
+        }
+    }
+
+    // -- 2d. decode shapes ---------------------------------------------------------------------
+    // Short ops lose more to thread start-up and end-of-op imbalance; measure the other decode
+    // projections too, rotating through enough copies that nothing is served from L3.
+    if want("shapes") {
+        println!(
+            "\n## 2d. matvec at the other decode shapes (copies rotated past L3), best of {reps}"
+        );
+        println!("| shape | threads | us/call | GB/s wall | GB/s per process on-CPU s |");
+        println!("|---|---|---|---|---|");
+        for (rows, cols, copies) in [(1024usize, 4096usize, 32usize), (4096, 4096, 8), (H, I, 1)] {
+            let mats: Vec<Vec<bf16>> = if (rows, cols) == (H, I) {
+                Vec::new()
+            } else {
+                (0..copies).map(|_| rnd_bf16(rows * cols)).collect()
+            };
+            let xv: Vec<f32> = (0..cols).map(|i| ((i as f32) * 0.01).sin()).collect();
+            let mut yv = vec![0f32; rows];
+            let bytes = (rows * cols * 2) as f64;
+            for pool in &pools {
+                let mut k = 0;
+                let mut best_wall = f64::INFINITY;
+                let mut best_cpu = f64::INFINITY;
+                for _ in 0..(reps * copies.max(4)) {
+                    let w: &[bf16] = if mats.is_empty() {
+                        &w2
+                    } else {
+                        &mats[k % copies]
+                    };
+                    k += 1;
+                    let c0 = process_cpu_ns().unwrap_or(0);
+                    let t0 = Instant::now();
+                    try_matvec_bf16_with(Isa::detect(), pool, w, &xv, &mut yv).unwrap();
+                    let wall = t0.elapsed().as_secs_f64();
+                    let c1 = process_cpu_ns().unwrap_or(c0);
+                    std::hint::black_box(&yv);
+                    best_wall = best_wall.min(wall);
+                    best_cpu = best_cpu.min((c1 - c0).max(1) as f64 * 1e-9 / pool.threads() as f64);
+                }
+                println!(
+                    "| {rows}x{cols} | {} | {:.0} | {:.2} | {:.2} |",
+                    pool.threads(),
+                    best_wall * 1e6,
+                    bytes / best_wall / 1e9,
+                    bytes / best_cpu / 1e9
                 );
             }
         }

@@ -26,8 +26,9 @@ const ROW_ALIGN: usize = 16;
 /// chunks for a 14336 × 4096 expert matrix).
 const CHUNK_ELEMS: usize = 1 << 20;
 
-/// Runs `f` over `0..rows` split into chunks claimed dynamically by the pool's threads, or
-/// inline when the op (`rows * work_per_row` weight elements) is too small to wake workers.
+/// Runs `f` over `0..rows` split into chunks (guided: large first, shrinking to one cache line
+/// of output rows) claimed dynamically by the pool's threads, or inline when the op
+/// (`rows * work_per_row` weight elements) is too small to wake workers.
 pub(crate) fn par_rows(
     pool: &Pool,
     rows: usize,
@@ -41,10 +42,11 @@ pub(crate) fn par_rows(
         f(0..rows);
         return;
     }
-    let per_thread = rows.div_ceil(4 * pool.threads());
-    let by_size = CHUNK_ELEMS / work_per_row.max(1);
-    let chunk = per_thread.min(by_size).max(1).div_ceil(ROW_ALIGN) * ROW_ALIGN;
-    pool.run_chunks(rows, chunk, f);
+    let max_chunk = (CHUNK_ELEMS / work_per_row.max(1))
+        .max(1)
+        .div_ceil(ROW_ALIGN)
+        * ROW_ALIGN;
+    pool.run_chunks_guided(rows, max_chunk, ROW_ALIGN, f);
 }
 
 /// Runs `$body` with `$b` bound to the backend of `$isa` (falling back to scalar when the

@@ -257,6 +257,50 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// Like [`Pool::run_chunks`], but chunk sizes shrink as the work runs out (guided
+    /// scheduling): each claim takes `remaining / (2 · threads)` items, clamped to
+    /// `align..=max_chunk` and rounded up to a multiple of `align` (except the last). Big chunks
+    /// keep claiming cheap and read streams long; small final chunks let all threads finish
+    /// together, which matters for short ops such as a 1024 × 4096 projection.
+    pub fn run_chunks_guided<F: Fn(std::ops::Range<usize>) + Sync>(
+        &self,
+        total: usize,
+        max_chunk: usize,
+        align: usize,
+        f: F,
+    ) {
+        let align = align.max(1);
+        let max_chunk = max_chunk.max(align);
+        if total == 0 {
+            return;
+        }
+        if self.n_threads == 1 || total <= align {
+            f(0..total);
+            return;
+        }
+        let next = AtomicUsize::new(0);
+        self.run(|_, n| {
+            let mut cur = next.load(Ordering::Relaxed);
+            loop {
+                if cur >= total {
+                    break;
+                }
+                let rem = total - cur;
+                let want = (rem / (2 * n)).clamp(align, max_chunk).div_ceil(align) * align;
+                let end = (cur + want).min(total);
+                match next.compare_exchange_weak(cur, end, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => {
+                        f(cur..end);
+                        cur = next.load(Ordering::Relaxed);
+                    }
+                    Err(now) => cur = now,
+                }
+            }
+        });
+    }
+}
+
 impl Drop for Pool {
     fn drop(&mut self) {
         if let Some(shared) = &self.shared {
@@ -488,6 +532,33 @@ mod tests {
                 pool.run_chunks(total, chunk, |r| {
                     assert!(!r.is_empty());
                     assert!(t == 1 || r.len() <= chunk);
+                    for i in r {
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+            }
+        }
+    }
+
+    #[test]
+    fn run_chunks_guided_covers_every_index_once_with_aligned_starts() {
+        for t in 1..=3 {
+            let pool = Pool::new(t);
+            for (total, max, align) in [
+                (0usize, 64usize, 16usize),
+                (5, 64, 16),
+                (1000, 64, 16),
+                (14336, 256, 16),
+                (77, 8, 1),
+            ] {
+                let hits: Vec<AtomicUsize> = (0..total).map(|_| AtomicUsize::new(0)).collect();
+                pool.run_chunks_guided(total, max, align, |r| {
+                    assert!(!r.is_empty());
+                    if t > 1 {
+                        assert!(r.len() <= max.max(align));
+                        assert!(r.start.is_multiple_of(align));
+                    }
                     for i in r {
                         hits[i].fetch_add(1, Ordering::Relaxed);
                     }
