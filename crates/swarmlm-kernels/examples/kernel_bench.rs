@@ -292,16 +292,14 @@ fn main() {
             let mut yv = vec![0f32; rows];
             let bytes = (rows * cols * 2) as f64;
             for pool in &pools {
-                let mut k = 0;
                 let mut best_wall = f64::INFINITY;
                 let mut best_cpu = f64::INFINITY;
-                for _ in 0..(reps * copies.max(4)) {
+                for k in 0..(reps * copies.max(4)) {
                     let w: &[bf16] = if mats.is_empty() {
                         &w2
                     } else {
                         &mats[k % copies]
                     };
-                    k += 1;
                     let c0 = process_cpu_ns().unwrap_or(0);
                     let t0 = Instant::now();
                     try_matvec_bf16_with(Isa::detect(), pool, w, &xv, &mut yv).unwrap();
