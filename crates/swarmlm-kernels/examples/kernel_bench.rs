@@ -19,7 +19,8 @@ const I: usize = 14336;
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    // `--only prefill` (or probe, matvec, paired, oncpu, shapes, ffn, dispatch) runs one section.
+    // `--only prefill` (or probe, matvec, paired, oncpu, shapes, ffn, attention, dispatch) runs
+    // one section.
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -364,6 +365,55 @@ fn main() {
             probe_best / MIXTRAL_BYTES_PER_TOKEN,
             MIXTRAL_BYTES_PER_TOKEN
         );
+    }
+
+    // -- 3b. decode attention -----------------------------------------------------------------
+    if want("attention") {
+        let (nh, nkv, d, ctx) = (32usize, 8usize, 128usize, 4096usize);
+        let copies = 4; // 4 layers' caches (4 × 32 MiB) so the K/V reads come from memory
+        let caches: Vec<KvCacheLayer> = (0..copies)
+            .map(|c| {
+                let mut kv = KvCacheLayer::new(nkv, d, ctx);
+                for (i, v) in kv.k.iter_mut().enumerate() {
+                    *v = (((i + c) % 97) as f32 - 48.0) * 0.01;
+                }
+                for (i, v) in kv.v.iter_mut().enumerate() {
+                    *v = (((i + 3 * c) % 89) as f32 - 44.0) * 0.01;
+                }
+                kv
+            })
+            .collect();
+        let q: Vec<f32> = (0..nh * d).map(|i| ((i as f32) * 0.37).sin()).collect();
+        let mut out = vec![0f32; nh * d];
+        let mut scratch = vec![0f32; nh * ctx];
+        let kv_bytes = (2 * nkv * ctx * d * 4) as f64;
+        println!(
+            "\n## 3b. attention_decode {nh} heads / {nkv} KV heads, d={d}, {ctx} positions ({:.0} MB of f32 K+V per call), best of {reps}",
+            kv_bytes / 1e6
+        );
+        for pool in &pools {
+            let mut k = 0;
+            let (best, _) = measure(reps * copies, || {
+                attention_decode(
+                    pool,
+                    &q,
+                    &caches[k % copies],
+                    nh,
+                    0,
+                    ctx,
+                    &mut out,
+                    &mut scratch,
+                );
+                k += 1;
+                std::hint::black_box(&out);
+            });
+            println!(
+                "threads {}: {:.2} ms/call, {:.2} GB/s of K/V",
+                pool.threads(),
+                best.as_secs_f64() * 1e3,
+                kv_bytes / best.as_secs_f64() / 1e9
+            );
+        }
     }
 
     // -- 4. dispatch overhead and prefill ----------------------------------------------------

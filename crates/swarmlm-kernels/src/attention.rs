@@ -216,6 +216,11 @@ fn attention_driver<B: Backend>(
     let len = end - start;
     let cap = cache.capacity;
     let scale = 1.0 / (d as f32).sqrt();
+    if len == 0 {
+        // Nothing to attend to (also covers a zero-capacity cache): the empty weighted sum.
+        out.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
     let outs = SharedMut::new(out);
     let scr = SharedMut::new(scratch);
     let job = |kv: std::ops::Range<usize>| {
@@ -226,24 +231,28 @@ fn attention_driver<B: Backend>(
             let (o, s) = unsafe { (outs.slice(h0 * d..h1 * d), scr.slice(h0 * len..h1 * len)) };
             let kh = cache.k_head(kvh);
             let vh = cache.v_head(kvh);
-            for (j, p) in (start..end).enumerate() {
-                let slot = p % cap;
-                let krow = &kh[slot * d..(slot + 1) * d];
-                for g in 0..group {
-                    let qh = &q[(h0 + g) * d..(h0 + g + 1) * d];
-                    s[g * len + j] = b.dot_f32(qh, krow) * scale;
-                }
+            let qs = &q[h0 * d..h1 * d];
+            // Positions start..end live in slots start%cap.. and may wrap around the ring
+            // once: at most two contiguous runs of cached rows.
+            let first = start % cap;
+            let run1 = len.min(cap - first);
+            let runs = [(first, run1, 0usize), (0, len - run1, run1)];
+            for &(slot, n_rows, col) in runs.iter().filter(|r| r.1 > 0) {
+                b.scores_group(
+                    qs,
+                    &kh[slot * d..(slot + n_rows) * d],
+                    d,
+                    scale,
+                    &mut s[col..],
+                    len,
+                );
             }
             for g in 0..group {
                 softmax_in_place(&mut s[g * len..(g + 1) * len]);
             }
             o.iter_mut().for_each(|v| *v = 0.0);
-            for (j, p) in (start..end).enumerate() {
-                let slot = p % cap;
-                let vrow = &vh[slot * d..(slot + 1) * d];
-                for g in 0..group {
-                    b.axpy_f32(s[g * len + j], vrow, &mut o[g * d..(g + 1) * d]);
-                }
+            for &(slot, n_rows, col) in runs.iter().filter(|r| r.1 > 0) {
+                b.weighted_sum_group(&s[col..], len, &vh[slot * d..(slot + n_rows) * d], d, o);
             }
         }
     };

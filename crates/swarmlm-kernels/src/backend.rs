@@ -30,6 +30,45 @@ pub(crate) trait Backend: Copy + Send + Sync {
 
     /// `y[i] += a * x[i]` (attention value accumulation).
     fn axpy_f32(self, a: f32, x: &[f32], y: &mut [f32]);
+
+    /// Attention scores for a group of query heads sharing one KV head, over `keys.len() / d`
+    /// contiguous cached rows: `out[g * stride + j] = scale * (qs[g] · keys[j])`, where `qs` is
+    /// `[G, d]`. One call per contiguous run of rows, so no per-position call overhead.
+    #[allow(clippy::too_many_arguments)]
+    fn scores_group(
+        self,
+        qs: &[f32],
+        keys: &[f32],
+        d: usize,
+        scale: f32,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        let g_n = qs.len() / d.max(1);
+        for (j, k) in keys.chunks_exact(d.max(1)).enumerate() {
+            for g in 0..g_n {
+                out[g * stride + j] = self.dot_f32(&qs[g * d..(g + 1) * d], k) * scale;
+            }
+        }
+    }
+
+    /// `outs[g] += Σ_j ps[g * stride + j] * values[j]` for a group of query heads (`outs` is
+    /// `[G, d]`) over `values.len() / d` contiguous cached rows.
+    fn weighted_sum_group(
+        self,
+        ps: &[f32],
+        stride: usize,
+        values: &[f32],
+        d: usize,
+        outs: &mut [f32],
+    ) {
+        let g_n = outs.len() / d.max(1);
+        for (j, v) in values.chunks_exact(d.max(1)).enumerate() {
+            for g in 0..g_n {
+                self.axpy_f32(ps[g * stride + j], v, &mut outs[g * d..(g + 1) * d]);
+            }
+        }
+    }
 }
 
 /// Exact bf16 → f32 widening (bf16 is the top half of an f32).

@@ -85,6 +85,124 @@ impl Backend for Avx2 {
         // SAFETY: the token proves AVX2+FMA; both slices have at least n elements.
         unsafe { avx2_axpy(a, &x[..n], &mut y[..n]) }
     }
+
+    fn scores_group(
+        self,
+        qs: &[f32],
+        keys: &[f32],
+        d: usize,
+        scale: f32,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        if d == 0 {
+            return;
+        }
+        let (g_n, rows) = (qs.len() / d, keys.len() / d);
+        // The kernel indexes out[g * stride + j] for g < g_n, j < rows.
+        assert!(
+            g_n == 0 || rows == 0 || (g_n - 1) * stride + rows <= out.len(),
+            "scores_group: output too short"
+        );
+        // SAFETY: the token proves AVX2+FMA; qs has g_n*d, keys rows*d elements and out is
+        // long enough (checked above).
+        unsafe { avx2_scores_group(qs, keys, d, g_n, rows, scale, out, stride) }
+    }
+
+    fn weighted_sum_group(
+        self,
+        ps: &[f32],
+        stride: usize,
+        values: &[f32],
+        d: usize,
+        outs: &mut [f32],
+    ) {
+        if d == 0 {
+            return;
+        }
+        let (g_n, rows) = (outs.len() / d, values.len() / d);
+        assert!(
+            g_n == 0 || rows == 0 || (g_n - 1) * stride + rows <= ps.len(),
+            "weighted_sum_group: probabilities too short"
+        );
+        // SAFETY: the token proves AVX2+FMA; lengths checked above.
+        unsafe { avx2_weighted_sum_group(ps, stride, values, d, g_n, rows, outs) }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_scores_group(
+    qs: &[f32],
+    keys: &[f32],
+    d: usize,
+    g_n: usize,
+    rows: usize,
+    scale: f32,
+    out: &mut [f32],
+    stride: usize,
+) {
+    let (qp, kp, op) = (qs.as_ptr(), keys.as_ptr(), out.as_mut_ptr());
+    for j in 0..rows {
+        let k = kp.add(j * d);
+        for g in 0..g_n {
+            let q = qp.add(g * d);
+            let mut a0 = _mm256_setzero_ps();
+            let mut a1 = _mm256_setzero_ps();
+            let mut c = 0;
+            while c + 16 <= d {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), _mm256_loadu_ps(k.add(c)), a0);
+                a1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(q.add(c + 8)),
+                    _mm256_loadu_ps(k.add(c + 8)),
+                    a1,
+                );
+                c += 16;
+            }
+            if c + 8 <= d {
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), _mm256_loadu_ps(k.add(c)), a0);
+                c += 8;
+            }
+            let mut s = hsum256(_mm256_add_ps(a0, a1));
+            while c < d {
+                s += *q.add(c) * *k.add(c);
+                c += 1;
+            }
+            *op.add(g * stride + j) = s * scale;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_weighted_sum_group(
+    ps: &[f32],
+    stride: usize,
+    values: &[f32],
+    d: usize,
+    g_n: usize,
+    rows: usize,
+    outs: &mut [f32],
+) {
+    let (pp, vp, op) = (ps.as_ptr(), values.as_ptr(), outs.as_mut_ptr());
+    for j in 0..rows {
+        let v = vp.add(j * d);
+        for g in 0..g_n {
+            let p = *pp.add(g * stride + j);
+            let pv = _mm256_set1_ps(p);
+            let o = op.add(g * d);
+            let mut c = 0;
+            while c + 8 <= d {
+                let r = _mm256_fmadd_ps(pv, _mm256_loadu_ps(v.add(c)), _mm256_loadu_ps(o.add(c)));
+                _mm256_storeu_ps(o.add(c), r);
+                c += 8;
+            }
+            while c < d {
+                *o.add(c) += p * *v.add(c);
+                c += 1;
+            }
+        }
+    }
 }
 
 #[inline]

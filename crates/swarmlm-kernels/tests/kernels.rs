@@ -462,6 +462,8 @@ fn attention_matches_naive_reference_with_gqa_and_window() {
         (32, 8, 128, 100, 0, 100),
         // Ring buffer: positions 150..190 live in slots p % 64.
         (6, 3, 20, 64, 150, 190),
+        // ... and 100..160 wraps around the end of the ring (slots 36..64 then 0..32).
+        (8, 2, 24, 64, 100, 160),
     ];
     for &(nh, nkv, d, cap, start, end) in &cases {
         let mut cache = KvCacheLayer::new(nkv, d, cap);
@@ -503,11 +505,13 @@ fn attention_matches_naive_reference_with_gqa_and_window() {
 
 #[test]
 fn attention_empty_range_writes_zeros() {
-    let cache = KvCacheLayer::new(2, 8, 4);
-    let q = vec![1.0f32; 4 * 8];
-    let mut out = vec![f32::NAN; 4 * 8];
-    attention_decode(&Pool::single(), &q, &cache, 4, 2, 2, &mut out, &mut []);
-    assert!(out.iter().all(|v| *v == 0.0));
+    for cap in [4, 0] {
+        let cache = KvCacheLayer::new(2, 8, cap);
+        let q = vec![1.0f32; 4 * 8];
+        let mut out = vec![f32::NAN; 4 * 8];
+        attention_decode(&Pool::single(), &q, &cache, 4, 2, 2, &mut out, &mut []);
+        assert!(out.iter().all(|v| *v == 0.0));
+    }
 }
 
 #[test]
