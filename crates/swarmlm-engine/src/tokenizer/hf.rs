@@ -1,0 +1,173 @@
+//! Hugging Face `tokenizer.json`, through the `tokenizers` crate, plus an exact incremental
+//! decoder for it.
+//!
+//! Why a custom stream decoder: `tokenizers`' decoders (Metaspace, ByteFallback, Strip, ...) work
+//! on whole sequences, so the text a new id adds is only known relative to what precedes it.
+//! [`HfStream`] decodes a short window of recent ids and emits the difference from the window's
+//! previous decode. It holds text back while the window ends in a byte-fallback token: the
+//! `ByteFallback` decoder turns a whole run of byte tokens into U+FFFD (one per byte) as soon as
+//! any byte of the run is invalid, so a later byte can still change text that looked final.
+//! It also holds back text that ends in U+FFFD (e.g. an incomplete byte-level character).
+
+use std::path::Path;
+
+use super::TokenizerError;
+
+pub(crate) struct HfTokenizer {
+    pub(crate) inner: tokenizers::Tokenizer,
+    /// One past the largest id (added tokens included); `tokenizers` recomputes this from a
+    /// fresh vocabulary map on every call, so it is cached.
+    vocab_size: usize,
+    /// `is_byte[id]`: the token is a byte-fallback token `<0xNN>`.
+    is_byte: Vec<bool>,
+    /// `is_special[id]`: decode skips the token (so it does not end a run of byte tokens).
+    is_special: Vec<bool>,
+}
+
+impl std::fmt::Debug for HfTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HfTokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .finish()
+    }
+}
+
+impl HfTokenizer {
+    pub(crate) fn from_file(path: &Path) -> Result<HfTokenizer, TokenizerError> {
+        let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut inner =
+            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::HfLoad {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        // A prompt must never be cut or padded behind the caller's back.
+        inner
+            .with_truncation(None)
+            .map_err(|e| TokenizerError::HfLoad {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        inner.with_padding(None);
+        let vocab = inner.get_vocab(true);
+        let vocab_size = vocab.values().max().map_or(0, |&max| max as usize + 1);
+        let mut is_byte = vec![false; vocab_size];
+        for (token, &id) in &vocab {
+            let hex = token.strip_prefix("<0x").and_then(|t| t.strip_suffix('>'));
+            if hex.is_some_and(|h| h.len() == 2 && u8::from_str_radix(h, 16).is_ok()) {
+                is_byte[id as usize] = true;
+            }
+        }
+        let mut is_special = vec![false; vocab_size];
+        for (id, token) in inner.get_added_tokens_decoder() {
+            if token.special {
+                if let Some(flag) = is_special.get_mut(id as usize) {
+                    *flag = true;
+                }
+            }
+        }
+        Ok(HfTokenizer {
+            inner,
+            vocab_size,
+            is_byte,
+            is_special,
+        })
+    }
+
+    pub(crate) fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    pub(crate) fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub(crate) fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        self.inner
+            .encode(text, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| TokenizerError::Encode(e.to_string()))
+    }
+
+    /// Decodes without special tokens; `None` only if the tokenizer's decoder itself fails.
+    pub(crate) fn try_decode(&self, ids: &[u32]) -> Option<String> {
+        match self.inner.decode(ids, true) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!("tokenizer.json decoder failed on {} ids: {e}", ids.len());
+                None
+            }
+        }
+    }
+}
+
+/// Incremental decoding state for [`HfTokenizer`].
+///
+/// Invariant: `prefix == decode(window[..prefix_len])`, and everything up to and including the
+/// window's first `prefix_len` ids has been emitted. A push decodes the whole window and emits
+/// what lies beyond `prefix`; then the window drops the ids before the last emitted group, so it
+/// stays a few ids long while its first id keeps the context that decoders like `Strip` need.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HfStream {
+    window: Vec<u32>,
+    prefix: String,
+    prefix_len: usize,
+    /// The last id that decodes to something was a byte token.
+    in_byte_run: bool,
+}
+
+impl HfStream {
+    /// A stream that continues after `context` (already shown, not emitted again).
+    pub(crate) fn with_context(tok: &HfTokenizer, context: &[u32]) -> HfStream {
+        HfStream {
+            window: context.to_vec(),
+            prefix: tok.try_decode(context).unwrap_or_default(),
+            prefix_len: context.len(),
+            in_byte_run: false,
+        }
+    }
+
+    pub(crate) fn push(&mut self, tok: &HfTokenizer, id: u32) -> Option<String> {
+        self.window.push(id);
+        let flag = |v: &[bool]| v.get(id as usize).copied().unwrap_or(false);
+        if flag(&tok.is_byte) {
+            self.in_byte_run = true;
+        } else if !flag(&tok.is_special) {
+            self.in_byte_run = false;
+        }
+        if self.in_byte_run {
+            // The byte run is not over (skipped special tokens do not end it), so its text is
+            // not final yet.
+            return None;
+        }
+        let text = tok.try_decode(&self.window)?;
+        if text.len() <= self.prefix.len()
+            || text.ends_with('\u{FFFD}')
+            || !text.starts_with(&self.prefix)
+        {
+            // Nothing new yet, an incomplete character, or a decoder that rewrote earlier
+            // text: wait for more ids.
+            return None;
+        }
+        let new_text = text[self.prefix.len()..].to_string();
+        let keep_from = self.prefix_len;
+        self.window.drain(..keep_from);
+        self.prefix_len = self.window.len();
+        self.prefix = tok.try_decode(&self.window).unwrap_or_default();
+        Some(new_text)
+    }
+
+    pub(crate) fn finish(&mut self, tok: &HfTokenizer) -> Option<String> {
+        let text = tok.try_decode(&self.window)?;
+        let out = if text.len() > self.prefix.len() && text.is_char_boundary(self.prefix.len()) {
+            Some(text[self.prefix.len()..].to_string())
+        } else {
+            None
+        };
+        self.prefix = text;
+        self.prefix_len = self.window.len();
+        out
+    }
+}
