@@ -414,6 +414,19 @@ fn main() {
                 kv_bytes / best.as_secs_f64() / 1e9
             );
         }
+        let mut sc: Vec<f32> = (0..nh * ctx)
+            .map(|i| ((i as f32) * 0.013).sin() * 4.0)
+            .collect();
+        let (best, _) = measure(reps, || {
+            for row in sc.chunks_mut(ctx) {
+                softmax_in_place(row);
+            }
+            std::hint::black_box(&sc);
+        });
+        println!(
+            "of which softmax over {nh} x {ctx} scores (single thread): {:.2} ms",
+            best.as_secs_f64() * 1e3
+        );
     }
 
     // -- 4. dispatch overhead and prefill ----------------------------------------------------

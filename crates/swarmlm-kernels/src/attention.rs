@@ -10,7 +10,6 @@ use crate::backend::Backend;
 use crate::error::{check_len, check_min_len, mul, or_panic, KernelError};
 use crate::isa::Isa;
 use crate::linear::with_backend;
-use crate::math::softmax_in_place;
 use crate::pool::{Pool, SharedMut};
 
 /// One layer's K and V cache, f32, laid out `[n_kv_heads][capacity][head_dim]`.
@@ -248,7 +247,7 @@ fn attention_driver<B: Backend>(
                 );
             }
             for g in 0..group {
-                softmax_in_place(&mut s[g * len..(g + 1) * len]);
+                softmax_with(b, &mut s[g * len..(g + 1) * len]);
             }
             o.iter_mut().for_each(|v| *v = 0.0);
             for &(slot, n_rows, col) in runs.iter().filter(|r| r.1 > 0) {
@@ -261,4 +260,19 @@ fn attention_driver<B: Backend>(
     } else {
         pool.run_chunks(nkv, 1, job);
     }
+}
+
+/// [`crate::softmax_in_place`] with the exponentials on the backend (vectorised on AVX2).
+fn softmax_with<B: Backend>(b: B, x: &mut [f32]) {
+    if x.is_empty() {
+        return;
+    }
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    if max == f32::NEG_INFINITY {
+        let u = 1.0 / x.len() as f32;
+        x.iter_mut().for_each(|v| *v = u);
+        return;
+    }
+    let inv = 1.0 / b.exp_shift_sum(x, max);
+    x.iter_mut().for_each(|v| *v *= inv);
 }

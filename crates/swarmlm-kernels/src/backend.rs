@@ -31,6 +31,17 @@ pub(crate) trait Backend: Copy + Send + Sync {
     /// `y[i] += a * x[i]` (attention value accumulation).
     fn axpy_f32(self, a: f32, x: &[f32], y: &mut [f32]);
 
+    /// `x[i] = exp(x[i] - shift)`, returning `Σ x[i]` (the softmax numerator and denominator;
+    /// `shift` is the maximum, so every argument is ≤ 0).
+    fn exp_shift_sum(self, x: &mut [f32], shift: f32) -> f32 {
+        let mut sum = 0f32;
+        for v in x.iter_mut() {
+            *v = (*v - shift).exp();
+            sum += *v;
+        }
+        sum
+    }
+
     /// Attention scores for a group of query heads sharing one KV head, over `keys.len() / d`
     /// contiguous cached rows: `out[g * stride + j] = scale * (qs[g] · keys[j])`, where `qs` is
     /// `[G, d]`. One call per contiguous run of rows, so no per-position call overhead.
