@@ -336,6 +336,22 @@ fn stream_decoder_after_context_continues_the_text() {
 }
 
 #[test]
+fn stream_after_a_context_that_ends_inside_a_character_completes_it() {
+    // 𠀀 has no piece: ▁a <0xF0> <0xA0> <0x80> <0x80> b. Cut the context after two of its bytes.
+    for tok in [mistral_sp(), mistral_hf()] {
+        let ids = tok.encode("a𠀀b", false).unwrap();
+        assert_eq!(ids.len(), 6, "{:?}", tok.kind());
+        let mut dec = tok.stream_decoder_after(&ids[..3]);
+        let mut out = String::new();
+        for &id in &ids[3..] {
+            out.extend(dec.push(id));
+        }
+        out.extend(dec.finish());
+        assert_eq!(out, "𠀀b", "{:?}", tok.kind());
+    }
+}
+
+#[test]
 fn stream_decoder_holds_back_incomplete_characters() {
     let tok = mistral_sp();
     // 😀 = F0 9F 98 80, spelled with byte-fallback pieces (<0xNN> = id 3 + NN).

@@ -119,13 +119,34 @@ pub(crate) struct HfStream {
 }
 
 impl HfStream {
-    /// A stream that continues after `context` (already shown, not emitted again).
+    /// A stream that continues after `context` (already shown, not emitted again). If the
+    /// context ends inside an incomplete byte-fallback character, that run of byte tokens is
+    /// treated as not yet emitted: its character is emitted once the new ids complete it (as
+    /// the SentencePiece stream does).
     pub(crate) fn with_context(tok: &HfTokenizer, context: &[u32]) -> HfStream {
+        let flag = |v: &[bool], id: u32| v.get(id as usize).copied().unwrap_or(false);
+        // Start of the trailing byte run (skipped special tokens do not interrupt it).
+        let run_start = context
+            .iter()
+            .rposition(|&id| !flag(&tok.is_byte, id) && !flag(&tok.is_special, id))
+            .map_or(0, |i| i + 1);
+        let in_byte_run = context[run_start..]
+            .iter()
+            .any(|&id| flag(&tok.is_byte, id));
+        let whole = tok.try_decode(context).unwrap_or_default();
+        if in_byte_run && whole.ends_with('\u{FFFD}') {
+            return HfStream {
+                window: context.to_vec(),
+                prefix: tok.try_decode(&context[..run_start]).unwrap_or_default(),
+                prefix_len: run_start,
+                in_byte_run,
+            };
+        }
         HfStream {
             window: context.to_vec(),
-            prefix: tok.try_decode(context).unwrap_or_default(),
+            prefix: whole,
             prefix_len: context.len(),
-            in_byte_run: false,
+            in_byte_run,
         }
     }
 
