@@ -11,6 +11,7 @@ mod hashing;
 pub mod magnet;
 mod manifest;
 pub mod record;
+pub mod store;
 mod verify;
 
 use std::io::Write as _;
