@@ -174,6 +174,11 @@ fn mistral_sentencepiece_matches_python_sentencepiece() {
     assert_eq!(tok.kind(), TokenizerKind::SentencePiece);
     assert_eq!(tok.vocab_size(), 32000);
     assert!(tok.add_bos_by_default());
+    let debug = format!("{tok:?}");
+    assert!(
+        debug.contains("vocab_size: 32000") && debug.len() < 1000,
+        "{debug}"
+    );
     check_section(&tok, "mistral_sp");
     check_bos_eos(&tok, "mistral_sp");
 }

@@ -24,7 +24,6 @@ const REPLACEMENT: &str = "\u{FFFD}";
 const MODEL_TYPE_BPE: u64 = 2;
 
 /// A loaded SentencePiece BPE model.
-#[derive(Debug)]
 pub(crate) struct SentencePiece {
     pieces: Vec<(String, f32, PieceType)>,
     /// NORMAL, USER_DEFINED and UNUSED pieces: what BPE merges may produce.
@@ -45,6 +44,25 @@ pub(crate) struct SentencePiece {
     unk_surface: String,
     pub(crate) bos_id: Option<u32>,
     pub(crate) eos_id: Option<u32>,
+}
+
+impl std::fmt::Debug for SentencePiece {
+    /// The settings, not the 32k-entry vocabulary.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentencePiece")
+            .field("vocab_size", &self.pieces.len())
+            .field("byte_fallback", &self.byte_ids.is_some())
+            .field("add_dummy_prefix", &self.add_dummy_prefix)
+            .field("remove_extra_whitespaces", &self.remove_extra_whitespaces)
+            .field(
+                "treat_whitespace_as_suffix",
+                &self.treat_whitespace_as_suffix,
+            )
+            .field("bos_id", &self.bos_id)
+            .field("eos_id", &self.eos_id)
+            .field("unk_id", &self.unk_id)
+            .finish_non_exhaustive()
+    }
 }
 
 fn invalid(path: &Path, field: &str, reason: impl Into<String>) -> TokenizerError {
