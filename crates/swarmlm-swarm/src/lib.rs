@@ -1,1 +1,5 @@
 //! swarmlm-swarm: see docs/ARCHITECTURE.md.
+
+mod bencode;
+pub mod create;
+pub mod torrent;
