@@ -88,6 +88,21 @@ impl JsonSource for &Vec<u8> {
         self.as_slice().load()
     }
 }
+/// A string is JSON text when it starts (after whitespace) with `{`, and a path otherwise.
+impl JsonSource for &str {
+    fn load(self) -> Result<(Cow<'static, [u8]>, PathBuf), WeightsError> {
+        if self.trim_start().starts_with('{') {
+            self.as_bytes().load()
+        } else {
+            read_path(Path::new(self))
+        }
+    }
+}
+impl JsonSource for &String {
+    fn load(self) -> Result<(Cow<'static, [u8]>, PathBuf), WeightsError> {
+        self.as_str().load()
+    }
+}
 impl<const N: usize> JsonSource for &[u8; N] {
     fn load(self) -> Result<(Cow<'static, [u8]>, PathBuf), WeightsError> {
         self.as_slice().load()

@@ -521,6 +521,19 @@ fn hf_config_defaults_and_field_errors() {
         MixtralConfig::from_hf_json(b"{oops"),
         Err(WeightsError::ConfigJson { .. })
     ));
+    // Strings: JSON text or a path.
+    assert_eq!(
+        MixtralConfig::from_hf_json(TINY_CONFIG).unwrap(),
+        tiny_config()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("config.json");
+    fs::write(&p, TINY_CONFIG).unwrap();
+    assert_eq!(
+        MixtralConfig::from_hf_json(p.to_str().unwrap()).unwrap(),
+        tiny_config()
+    );
+    assert_eq!(MixtralConfig::from_hf_json(&p).unwrap(), tiny_config());
     assert!(matches!(
         MixtralConfig::from_hf_json(Path::new("/nonexistent/config.json")),
         Err(WeightsError::Io { .. })
