@@ -26,12 +26,12 @@ pub struct Perplexity {
     pub chunk_nll_sums: Vec<f32>,
 }
 
-/// `-log_softmax(logits)[target]` in f32.
+/// `-log_softmax(logits)[target]` in f32, arranged as torch does (`x - max - ln Σ e^(x-max)`)
+/// so large logits lose no precision.
 pub fn token_nll(logits: &[f32], target: u32) -> f32 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f32 = logits.iter().map(|&v| (v - max).exp()).sum();
-    let log_sum_exp = max + sum.ln();
-    log_sum_exp - logits[target as usize]
+    sum.ln() - (logits[target as usize] - max)
 }
 
 /// Perplexity of `ids` (no BOS) in non-overlapping chunks of `ctx` tokens, each prefixed with
