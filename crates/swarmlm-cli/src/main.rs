@@ -28,6 +28,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Write a synthetic Mixtral checkpoint in the Hugging Face hub layout (tests, benchmarks).
+    Forge(cmd::forge::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cmd::completions::Args),
 }
@@ -36,6 +38,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     output::init_tracing(cli.verbose, cli.quiet);
     let result = match cli.command {
+        Command::Forge(args) => cmd::forge::run(args),
         Command::Completions(args) => cmd::completions::run(args),
     };
     match result {

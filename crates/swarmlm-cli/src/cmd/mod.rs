@@ -1,3 +1,4 @@
 //! One module per subcommand: each defines its clap `Args` and a `run` that returns the exit code.
 
 pub mod completions;
+pub mod forge;

@@ -1,0 +1,238 @@
+//! `swarmlm forge`: write a synthetic Mixtral checkpoint in the Hugging Face hub layout, so tests
+//! and benchmarks can run on models of the true shape without downloading 93 GB.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use swarmlm_forge::{ForgeError, ForgeSpec, Overrides, Preset};
+
+use crate::output;
+
+const AFTER_HELP: &str = "\
+Presets:
+  tiny          hidden 64, intermediate 128, 2 layers, 4 heads / 2 KV heads, 4 experts, top-2,
+                vocab 32000, max position 4096 (8.6 MB; for tests)
+  small         hidden 1024, intermediate 3584, 4 layers, 16 heads / 4 KV heads, 8 experts, top-2,
+                vocab 32000 (0.86 GB; for benchmarks)
+  mixtral-8x7b  the real Mixtral 8x7B shape: hidden 4096, intermediate 14336, 32 layers,
+                32 heads / 8 KV heads, 8 experts, top-2, vocab 32000 (93.4 GB)
+All presets: rope_theta 1e6, rms_norm_eps 1e-5, sliding_window null, bf16.
+
+Weights are pseudo-random normal (std 0.02; RMSNorm weights exactly 1.0), a pure function of
+(seed, tensor name, element index): the same arguments give byte-identical files everywhere.
+With vocab < 32000 the tokenizer.json is trimmed to the smaller vocabulary and no
+tokenizer.model is written; with vocab > 32000 the extra ids exist but no text maps to them.
+
+Examples:
+  swarmlm forge --preset tiny --out /tmp/tiny
+  swarmlm forge --preset mixtral-8x7b --layers 2 --out /tmp/m2
+  swarmlm forge --preset small --experts 16 --top-k 4 --seed 7 --shard-size 200MB --out /tmp/s16
+  swarmlm forge --preset tiny --vocab 1000 --head-dim 32 --sliding-window 512 --json --out /tmp/t";
+
+/// Write a synthetic Mixtral checkpoint (config, index, bf16 safetensors shards, tokenizer).
+#[derive(clap::Args, Debug)]
+#[command(after_help = AFTER_HELP)]
+pub struct Args {
+    /// Starting shape: tiny, small or mixtral-8x7b.
+    #[arg(long, value_parser = parse_preset)]
+    preset: Preset,
+    /// Output directory (created if missing; must be empty: forge never overwrites files).
+    #[arg(long)]
+    out: PathBuf,
+    /// Seed of the weight generator.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Maximum tensor bytes per shard, e.g. 5GB (the hub default), 500MB, 2GiB or a plain byte
+    /// count (a tensor larger than this gets a shard of its own).
+    #[arg(long, value_parser = parse_bytes, default_value = "5GB")]
+    shard_size: u64,
+    /// Number of layers (num_hidden_layers).
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Experts per layer (num_local_experts).
+    #[arg(long)]
+    experts: Option<usize>,
+    /// Experts used per token (num_experts_per_tok).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// hidden_size.
+    #[arg(long)]
+    hidden: Option<usize>,
+    /// intermediate_size (per expert).
+    #[arg(long)]
+    intermediate: Option<usize>,
+    /// num_attention_heads.
+    #[arg(long)]
+    heads: Option<usize>,
+    /// num_key_value_heads (must divide the number of heads).
+    #[arg(long)]
+    kv_heads: Option<usize>,
+    /// Explicit head_dim (written to config.json; default hidden / heads, not written).
+    #[arg(long)]
+    head_dim: Option<usize>,
+    /// vocab_size.
+    #[arg(long)]
+    vocab: Option<usize>,
+    /// sliding_window (default: none, i.e. null in config.json).
+    #[arg(long)]
+    sliding_window: Option<usize>,
+    /// rope_theta.
+    #[arg(long)]
+    rope_theta: Option<f64>,
+    /// max_position_embeddings.
+    #[arg(long)]
+    max_position: Option<usize>,
+    /// rms_norm_eps.
+    #[arg(long)]
+    rms_norm_eps: Option<f64>,
+    /// Print a JSON summary (files with sizes, total bytes, config) on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_preset(s: &str) -> Result<Preset, String> {
+    s.parse::<Preset>().map_err(|e| e.to_string())
+}
+
+/// "5GB" (10^9), "2GiB" (2^30), "500M", "4096": the hub's size spellings plus plain bytes.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KB, MB, GB, KiB, MiB, GiB)"
+            ))
+        }
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 5GB, 500MB, 4096)"))?;
+    let bytes = value * mult as f64;
+    if !(bytes >= 1.0 && bytes < u64::MAX as f64) {
+        return Err(format!("{s:?}: a shard size must be at least 1 byte"));
+    }
+    Ok(bytes as u64)
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let overrides = Overrides {
+        hidden_size: args.hidden,
+        intermediate_size: args.intermediate,
+        num_hidden_layers: args.layers,
+        num_attention_heads: args.heads,
+        num_key_value_heads: args.kv_heads,
+        head_dim: args.head_dim,
+        num_local_experts: args.experts,
+        num_experts_per_tok: args.top_k,
+        vocab_size: args.vocab,
+        rms_norm_eps: args.rms_norm_eps,
+        rope_theta: args.rope_theta,
+        sliding_window: args.sliding_window,
+        max_position_embeddings: args.max_position,
+    };
+    let mut spec = ForgeSpec::with_overrides(args.preset, &overrides);
+    spec.seed = args.seed;
+    spec.shard_size = args.shard_size;
+
+    // A shape or setting the model cannot have is a usage error (exit 2), caught before any I/O.
+    let plan = match spec.plan() {
+        Ok(plan) => plan,
+        Err(e) => {
+            output::report_error(&output::hint(
+                e,
+                "adjust the shape options (see `swarmlm forge --help` for the presets)",
+            ));
+            return Ok(ExitCode::from(2));
+        }
+    };
+    tracing::info!(
+        preset = %args.preset,
+        shards = plan.shards.len(),
+        bytes = plan.total_size,
+        out = %args.out.display(),
+        "forging"
+    );
+
+    let bar = if args.json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    };
+    let start = Instant::now();
+    let result = swarmlm_forge::forge_with_progress(&spec, &args.out, &mut |p| {
+        bar.set_length(p.total_bytes);
+        bar.set_position(p.done_bytes);
+        bar.set_message(p.file.to_string());
+    });
+    bar.finish_and_clear();
+    let report = match result {
+        Ok(r) => r,
+        Err(e @ (ForgeError::OutDirNotEmpty { .. } | ForgeError::OutNotADirectory { .. })) => {
+            return Err(output::hint(
+                e,
+                "pass a new or empty directory to --out; forge never overwrites existing files",
+            ))
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e))
+                .with_context(|| format!("forging into {}", args.out.display()))
+        }
+    };
+    let secs = start.elapsed().as_secs_f64();
+
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!(
+            "forged {} ({} shards, {} tensors, {:.3} GB) into {} in {:.2} s ({:.0} MB/s)",
+            args.preset,
+            report.shard_count,
+            report.tensor_count,
+            report.total_bytes as f64 / 1e9,
+            args.out.display(),
+            secs,
+            report.total_bytes as f64 / 1e6 / secs.max(1e-9),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_like_the_hub() {
+        assert_eq!(parse_bytes("5GB"), Ok(5_000_000_000));
+        assert_eq!(parse_bytes("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_bytes("500MB"), Ok(500_000_000));
+        assert_eq!(parse_bytes("1.5GB"), Ok(1_500_000_000));
+        assert_eq!(parse_bytes("4096"), Ok(4096));
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("5XB").is_err());
+        assert!(parse_bytes("GB").is_err());
+    }
+}
