@@ -1,0 +1,190 @@
+//! One place that builds librqbit sessions, so every switch that decides what we talk to is
+//! set explicitly and the same way for fetch and seed.
+//!
+//! librqbit's defaults are unsafe for us: public DHT and local service discovery on (trap 9),
+//! persistence in a folder of its choosing that can claim folders it did not create (trap 8),
+//! a per-torrent `disable_trackers` that does nothing (trap 10, so trackers are switched at
+//! session level here), and a blocking-thread pool of 8 that deadlocks under load (trap 11).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use librqbit::{
+    DhtSessionConfig, ListenerMode, ListenerOptions, Session, SessionOptions,
+    SessionPersistenceConfig,
+};
+
+use crate::error::SwarmError;
+
+/// librqbit's blocking-work semaphore (hash checks, disk writes, streams). Its default of 8
+/// deadlocked with a few streams open (trap 11); hashing whole pieces on 2 cores does not
+/// benefit from more threads than this, but waiting on a permit must never block progress.
+pub const RUNTIME_WORKER_THREADS: usize = 32;
+
+/// What a session may talk to and where it keeps its state.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Where to accept peer connections (TCP only). Port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Mainline DHT (public network). Off in tests.
+    pub dht: bool,
+    /// Local service discovery (LAN multicast). Off in tests.
+    pub lsd: bool,
+    /// UPnP port forwarding on the gateway. Off in tests.
+    pub upnp: bool,
+    /// Contact the trackers named in torrents and magnets, and those below.
+    pub trackers_enabled: bool,
+    /// Extra trackers announced for every torrent of this session.
+    pub extra_trackers: Vec<url::Url>,
+    /// Folder this session's librqbit persistence (fast-resume bitfields, session list) lives
+    /// in. `None`: no persistence at all, every add starts with a full check of what is on
+    /// disk. Always a folder we own (trap 8), never librqbit's default.
+    pub persistence_dir: Option<PathBuf>,
+    /// Upload rate limit in bytes per second.
+    pub upload_limit_bps: Option<u32>,
+    /// Download rate limit in bytes per second.
+    pub download_limit_bps: Option<u32>,
+}
+
+impl SessionConfig {
+    /// For a person on the internet: DHT and trackers on, listen on all interfaces.
+    pub fn user(dht: bool) -> Self {
+        SessionConfig {
+            listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+            dht,
+            lsd: false,
+            upnp: false,
+            trackers_enabled: true,
+            extra_trackers: Vec::new(),
+            persistence_dir: None,
+            upload_limit_bps: None,
+            download_limit_bps: None,
+        }
+    }
+
+    /// For tests: TCP on 127.0.0.1 with a random port, nothing that broadcasts or reaches
+    /// beyond 127.0.0.0/8 (trackers stay on; tests only ever name loopback trackers).
+    pub fn loopback() -> Self {
+        SessionConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            dht: false,
+            lsd: false,
+            upnp: false,
+            trackers_enabled: true,
+            extra_trackers: Vec::new(),
+            persistence_dir: None,
+            upload_limit_bps: None,
+            download_limit_bps: None,
+        }
+    }
+}
+
+/// A running librqbit session built from a [`SessionConfig`].
+pub struct SwarmSession {
+    session: Arc<Session>,
+    listen_addr: SocketAddr,
+}
+
+impl SwarmSession {
+    /// Starts the session. `default_output` is where a torrent goes when an add does not
+    /// name its own folder; every add in this crate names one, so it is only a safe fallback
+    /// inside a folder we own.
+    pub async fn start(config: &SessionConfig, default_output: &Path) -> Result<Self, SwarmError> {
+        let dht = if config.dht {
+            Some(DhtSessionConfig {
+                bootstrap_addrs: None,
+                port: None,
+                // DHT routing tables are not worth a file in a folder we do not control.
+                persistence: None,
+            })
+        } else {
+            None
+        };
+        let persistence =
+            config
+                .persistence_dir
+                .as_ref()
+                .map(|folder| SessionPersistenceConfig::Json {
+                    folder: Some(folder.clone()),
+                });
+        let ratelimits = librqbit::limits::LimitsConfig {
+            upload_bps: config.upload_limit_bps.and_then(std::num::NonZeroU32::new),
+            download_bps: config
+                .download_limit_bps
+                .and_then(std::num::NonZeroU32::new),
+        };
+
+        let opts = SessionOptions {
+            dht,
+            disable_trackers: !config.trackers_enabled,
+            fastresume: config.persistence_dir.is_some(),
+            persistence,
+            listen: Some(ListenerOptions {
+                mode: ListenerMode::TcpOnly,
+                listen_addr: config.listen,
+                enable_upnp_port_forwarding: config.upnp,
+                ipv4_only: config.listen.is_ipv4(),
+                ..Default::default()
+            }),
+            disable_local_service_discovery: !config.lsd,
+            ipv4_only: config.listen.is_ipv4(),
+            runtime_worker_threads: Some(RUNTIME_WORKER_THREADS),
+            trackers: config.extra_trackers.iter().cloned().collect(),
+            ratelimits,
+            ..Default::default()
+        };
+        let session = Session::new_with_opts(default_output.to_path_buf(), opts)
+            .await
+            .map_err(|e| SwarmError::Session {
+                reason: format!("{e:#}"),
+            })?;
+        let listen_addr = session.listen_addr().ok_or_else(|| SwarmError::Session {
+            reason: "the session did not report a listen address".into(),
+        })?;
+        Ok(SwarmSession {
+            session,
+            listen_addr,
+        })
+    }
+
+    /// The address peers can dial (the bound one, with the real port when 0 was asked).
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.listen_addr
+    }
+
+    /// The librqbit session, for adding torrents.
+    pub fn inner(&self) -> &Arc<Session> {
+        &self.session
+    }
+
+    /// Stops every torrent and the session's tasks.
+    pub async fn stop(&self) {
+        self.session.stop().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_session_binds_127_0_0_1_and_talks_to_nobody() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = crate::rejects::runtime().unwrap();
+        rt.block_on(async {
+            let cfg = SessionConfig::loopback();
+            assert!(!cfg.dht && !cfg.lsd && !cfg.upnp);
+            let s = SwarmSession::start(&cfg, dir.path()).await.unwrap();
+            let addr = s.listen_addr();
+            assert_eq!(addr.ip(), std::net::IpAddr::from(Ipv4Addr::LOCALHOST));
+            assert_ne!(addr.port(), 0);
+            assert!(s.inner().get_dht().is_none());
+            // The port really accepts TCP.
+            tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.stop().await;
+        });
+        // Without persistence, librqbit wrote nothing into the default folder.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
