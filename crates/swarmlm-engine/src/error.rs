@@ -53,6 +53,9 @@ pub enum EngineError {
     /// A model name was neither a folder nor a fetched model in the store.
     #[error("model {name:?} not found: not a folder, and not in the model store ({searched})")]
     ModelNotFound { name: String, searched: PathBuf },
+    /// The expert pager refused a budget or could not load an expert.
+    #[error(transparent)]
+    Pager(#[from] crate::pager::PagerError),
     /// The candle reference implementation failed.
     #[error("candle reference: {0}")]
     Candle(#[from] candle_core::Error),

@@ -11,6 +11,7 @@ use swarmlm_weights::Checkpoint;
 
 use crate::error::{EngineError, Result};
 use crate::model::{bf16_matrix, expert_tensor_names};
+use crate::pager::{Pager, PagerConfig, Pinned};
 
 /// The three matrices of one SwiGLU expert, borrowed from the mapped checkpoint.
 #[derive(Debug, Clone, Copy)]
@@ -29,6 +30,8 @@ pub struct ExpertStore<'w> {
     num_experts: usize,
     /// Layer-major: `experts[layer * num_experts + expert]`.
     experts: Vec<ExpertWeights<'w>>,
+    /// When set, residency of every expert is managed under a memory budget.
+    pager: Option<Pager<'w>>,
 }
 
 impl<'w> ExpertStore<'w> {
@@ -58,6 +61,7 @@ impl<'w> ExpertStore<'w> {
             checkpoint,
             num_experts: cfg.num_local_experts,
             experts,
+            pager: None,
         })
     }
 
@@ -66,6 +70,35 @@ impl<'w> ExpertStore<'w> {
     #[inline]
     pub fn get(&self, layer: usize, expert: usize) -> ExpertWeights<'w> {
         self.experts[layer * self.num_experts + expert]
+    }
+
+    /// Puts every expert under an expert pager (replacing any previous one).
+    pub fn attach_pager(&mut self, config: PagerConfig) -> Result<()> {
+        self.pager = None;
+        self.pager = Some(Pager::new(self.checkpoint, config)?);
+        Ok(())
+    }
+
+    /// The attached pager, if any.
+    pub fn pager(&self) -> Option<&Pager<'w>> {
+        self.pager.as_ref()
+    }
+
+    /// Tells the pager which experts `layer` is about to use (no-op without a pager).
+    pub(crate) fn begin_layer(&self, layer: usize, needed: &[usize]) -> Result<()> {
+        if let Some(p) = &self.pager {
+            p.begin_layer(layer, needed)?;
+        }
+        Ok(())
+    }
+
+    /// The weights of `expert` in `layer`, resident and pinned until the result is dropped.
+    pub(crate) fn acquire(&self, layer: usize, expert: usize) -> Result<Pinned<'_, 'w>> {
+        let w = self.get(layer, expert);
+        match &self.pager {
+            Some(p) => Ok(p.acquire(layer, expert, w)?),
+            None => Ok(Pinned::unpaged(w)),
+        }
     }
 
     /// The checkpoint the weights are mapped from (for residency queries and advice).

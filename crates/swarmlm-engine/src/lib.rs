@@ -3,6 +3,7 @@
 //!
 //! - [`model`]: the fast path (bf16 mapped weights, f32 math, swarmlm-kernels), HF names.
 //! - [`experts`]: the single access point for expert weights (where an expert pager hooks in).
+//! - [`pager`]: keeps only the experts in use resident, under a memory budget, with prefetch.
 //! - [`session`]: KV cache + batch prefill + decode steps, optional router tracing.
 //! - [`generate`], [`perplexity`]: the two ways the CLI drives a session.
 //! - [`reference`]: a plain candle-core forward the fast path is tested against.
@@ -12,6 +13,7 @@ pub mod experts;
 pub mod generate;
 pub mod locate;
 pub mod model;
+pub mod pager;
 pub mod perplexity;
 pub mod reference;
 pub mod sampling;
@@ -22,6 +24,7 @@ pub use error::{EngineError, Result};
 pub use experts::{ExpertStore, ExpertWeights};
 pub use generate::{generate, GenerateOptions, Generation, StopReason, Timings};
 pub use model::{KvCache, LogitsFor, Model, ModelShape, RouterTrace, TokenRoute};
+pub use pager::{Pager, PagerConfig, PagerStats};
 pub use perplexity::{perplexity, Perplexity};
 pub use reference::{ReferenceModel, ReferenceOutput};
 pub use session::{Logits, Session};

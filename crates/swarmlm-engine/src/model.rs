@@ -310,6 +310,16 @@ impl<'w> Model<'w> {
         &self.experts
     }
 
+    /// Puts the experts under an expert pager with `config` (a memory budget and policy).
+    pub fn attach_pager(&mut self, config: crate::pager::PagerConfig) -> Result<()> {
+        self.experts.attach_pager(config)
+    }
+
+    /// The attached expert pager, if any (for its statistics).
+    pub fn pager(&self) -> Option<&crate::pager::Pager<'w>> {
+        self.experts.pager()
+    }
+
     /// Threads the kernels split work over.
     pub fn threads(&self) -> usize {
         self.pool.threads()
@@ -411,6 +421,7 @@ pub(crate) struct Activations {
     expert_scratch: Vec<f32>,
     attn_scratch: Vec<Vec<f32>>,
     last: Vec<f32>,
+    lookahead: Vec<f32>,
 }
 
 fn sized(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
@@ -527,7 +538,7 @@ impl<'w> MixtralSparseMoeBlock<'w> {
         a: &mut Activations,
         trace: Option<&mut Vec<TokenRoute>>,
         out: &mut [f32],
-    ) {
+    ) -> Result<()> {
         let s = &model.shape;
         let pool = &model.pool;
         let hsz = s.hidden_size;
@@ -553,11 +564,16 @@ impl<'w> MixtralSparseMoeBlock<'w> {
         if let Some(trace) = trace {
             trace.extend(routes);
         }
+        // The pager hears the demand in expert order, the order the experts are computed in.
+        let needed: Vec<usize> = (0..s.num_experts)
+            .filter(|&e| !assigned[e].is_empty())
+            .collect();
+        model.experts.begin_layer(layer, &needed)?;
         for (e, tokens) in assigned.iter().enumerate() {
             if tokens.is_empty() {
                 continue;
             }
-            let w = model.experts.get(layer, e);
+            let w = model.experts.acquire(layer, e)?;
             let n = tokens.len();
             if t == 1 {
                 a.expert_scratch.resize(s.intermediate_size, 0.0);
@@ -597,6 +613,7 @@ impl<'w> MixtralSparseMoeBlock<'w> {
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -658,6 +675,13 @@ impl<'w> Model<'w> {
                 .self_attn
                 .forward(self, &h, t, start, &mut cache.layers[l], a, d);
             add_in_place(&mut x, d);
+            // While this layer's experts run, the pager can load the next layer's likely ones.
+            if let Some(pager) = self.experts.pager() {
+                if t == 1 && l + 1 < s.num_layers {
+                    let next = crate::pager::lookahead::predict(self, l + 1, &x, &mut a.lookahead);
+                    pager.predict(l + 1, &next);
+                }
+            }
             // out = h + block_sparse_moe(post_attention_layernorm(h))
             for (xr, hr) in x.chunks_exact(hsz).zip(h.chunks_exact_mut(hsz)) {
                 kernels::rms_norm(xr, &layer.post_attention_layernorm, s.rms_norm_eps, hr);
@@ -671,7 +695,7 @@ impl<'w> Model<'w> {
             });
             layer
                 .block_sparse_moe
-                .forward(self, l, &h, t, a, layer_trace, d);
+                .forward(self, l, &h, t, a, layer_trace, d)?;
             add_in_place(&mut x, d);
         }
         cache.len = start + t;

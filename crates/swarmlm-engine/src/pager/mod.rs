@@ -1,0 +1,744 @@
+//! The expert pager: runs a model whose experts do not all fit in memory, under a hard budget
+//! for resident expert bytes, with loads overlapping compute.
+//!
+//! Mixtral reads 2 of 8 experts per layer per token, so most expert bytes are idle at any
+//! moment. The pager keeps at most `budget / expert_bytes` experts ("slots") resident; every
+//! other expert's pages are out of the process (`MADV_DONTNEED`) and, by default, out of the
+//! page cache (`POSIX_FADV_DONTNEED`), so the budget holds even inside a memory cgroup that
+//! charges the page cache. Non-expert weights (attention, norms, embeddings, lm_head) are not
+//! paged and are reported separately.
+//!
+//! Residency is explicit, never a side effect of a page fault:
+//! - [`Pager::request`] asks for an expert and returns its [`Residency`] at once (`Ready`,
+//!   `Loading`, `Failed`, or `NoRoom` when every slot is pinned or mid-load);
+//! - a background I/O thread performs the loads (`Queued → Loading → Ready | Failed`) by reading
+//!   the expert's byte ranges into the page cache (see [`source`] for where bytes come from and
+//!   how a swarm source would plug in);
+//! - [`Pager::acquire`] pins an expert for compute, waiting on a condvar only if it is not
+//!   ready yet; the pin is released when the returned [`Pinned`] is dropped.
+//!
+//! Which expert leaves when a slot is needed is the [`Policy`]. Which experts are loaded
+//! *before* they are needed is the [`Prefetch`] mode: with `Lookahead`, while layer `L` runs, the
+//! engine applies layer `L+1`'s router to the current hidden state, and the pager starts loading
+//! the predicted experts on the I/O thread so that disk and compute overlap.
+//!
+//! The pager only ever changes residency: the weights are read through the same memory map
+//! whether or not a pager is attached, so outputs are bit-identical under any budget.
+
+pub(crate) mod lookahead;
+mod size;
+pub mod source;
+mod stats;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use swarmlm_weights::{Advice, Checkpoint, WeightsError};
+
+pub use size::{format_size, parse_size};
+pub use source::{ExpertSource, FileRange};
+pub use stats::{LayerStats, PagerStats};
+
+use crate::experts::ExpertWeights;
+use crate::model::expert_tensor_names;
+use source::Reader;
+
+/// Errors of the expert pager.
+#[derive(Debug, thiserror::Error)]
+pub enum PagerError {
+    /// A size string (e.g. `--memory-budget`) could not be read.
+    #[error("size {text:?}: expected {expected}")]
+    BadSize { text: String, expected: String },
+    /// The budget cannot hold the experts one layer uses for one token.
+    #[error(
+        "memory budget {budget} bytes ({budget_h}) is too small: one layer's top-{top_k} experts \
+         take {minimum} bytes ({minimum_h}); the minimum budget is {minimum} bytes"
+    )]
+    BudgetTooSmall {
+        budget: u64,
+        budget_h: String,
+        minimum: u64,
+        minimum_h: String,
+        top_k: usize,
+    },
+    /// An expert's bytes could not be obtained.
+    #[error("expert {expert} of layer {layer} could not be loaded: {reason}")]
+    LoadFailed {
+        layer: usize,
+        expert: usize,
+        reason: String,
+    },
+    /// The I/O thread could not be set up.
+    #[error("expert pager I/O thread: {0}")]
+    Io(#[source] std::io::Error),
+    /// Advice or eviction syscalls on the checkpoint failed.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+}
+
+/// Which resident expert gives up its slot when another one needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// Least recently used across all layers. When one token's working set (layers × top-k)
+    /// exceeds the budget, a recency order evicts each expert just before its next use, so
+    /// every request misses.
+    Lru,
+    /// Each layer owns an equal share of the slots and evicts its own least recently used
+    /// expert, so each layer keeps a stable resident set and a tight budget still yields hits.
+    /// Free slots are lent to any layer; a layer under its share takes slots back from layers
+    /// over theirs.
+    LayerLru,
+}
+
+/// Whether experts are loaded ahead of the router's demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefetch {
+    /// Load only on demand.
+    Off,
+    /// Predict layer `L+1`'s experts with its router while layer `L` runs, and load them.
+    Lookahead,
+}
+
+/// Settings of a pager.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PagerConfig {
+    /// Bytes of expert weights resident (or being loaded) at once.
+    pub budget_bytes: u64,
+    pub policy: Policy,
+    pub prefetch: Prefetch,
+    /// Also evict evicted experts from the page cache (and every expert at start), so the
+    /// budget bounds the page cache too. Off only for measurements that want warm reloads.
+    pub drop_page_cache: bool,
+}
+
+impl PagerConfig {
+    /// The defaults: [`Policy::LayerLru`], [`Prefetch::Lookahead`], page cache dropped.
+    pub fn new(budget_bytes: u64) -> PagerConfig {
+        PagerConfig {
+            budget_bytes,
+            policy: Policy::LayerLru,
+            prefetch: Prefetch::Lookahead,
+            drop_page_cache: true,
+        }
+    }
+}
+
+/// The answer to "make this expert resident".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Residency {
+    /// Resident now; reading it does not touch the disk.
+    Ready,
+    /// Queued or being read by the I/O thread.
+    Loading,
+    /// The last load failed (the reason); a new request retries.
+    Failed(String),
+    /// Every slot is pinned or mid-load; nothing was started.
+    NoRoom,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Status {
+    Absent,
+    Queued,
+    Loading,
+    Ready,
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    status: Status,
+    /// Logical time of the last demand request (recency for the policies).
+    last_use: u64,
+    /// Compute holds the weights (never evicted while > 0).
+    pins: u32,
+    /// Needed by the layer being run, or predicted for the next one: not evicted by other
+    /// requests of the same step unless nothing else can go.
+    protected: bool,
+    /// Loaded by a prefetch and not yet used by a demand request.
+    prefetched: bool,
+    error: Option<String>,
+}
+
+struct State {
+    entries: Vec<Entry>,
+    demand_q: VecDeque<usize>,
+    prefetch_q: VecDeque<usize>,
+    clock: u64,
+    /// Experts queued, loading or ready (each takes one slot).
+    resident: usize,
+    peak: usize,
+    per_layer: Vec<usize>,
+    stats: Vec<LayerStats>,
+    /// The last prediction for a layer, kept until that layer's routing to score it.
+    predicted: Vec<Option<Vec<usize>>>,
+    /// A prediction to turn into loads after the current layer's own demand is queued.
+    pending_prefetch: Option<(usize, Vec<usize>)>,
+    shutdown: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// The I/O thread waits here for work.
+    work: Condvar,
+    /// The compute thread waits here for loads to finish.
+    done: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the counters half-updated in a way that
+        // breaks memory safety; keep going with what is there.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Predictions scored per layer before the accuracy gate applies.
+const PREFETCH_TRIAL: u64 = 32;
+/// Below this fraction of correctly predicted experts, a layer gets no prefetches.
+const PREFETCH_MIN_ACCURACY: f64 = 0.5;
+
+/// Keeps the experts of one checkpoint resident under a budget. See the module docs.
+pub struct Pager<'w> {
+    checkpoint: &'w Checkpoint,
+    cfg: PagerConfig,
+    num_experts: usize,
+    top_k: usize,
+    expert_bytes: u64,
+    slots: usize,
+    quotas: Vec<usize>,
+    /// Per expert (layer-major): its three tensor names (w1, w3, w2).
+    names: Vec<[String; 3]>,
+    non_expert_bytes: u64,
+    shared: Arc<Shared>,
+    io: Option<JoinHandle<()>>,
+}
+
+/// Candidates a slot may be taken from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    /// Unpinned, unprotected, not mid-read.
+    Free,
+    /// Also protected ones (a demand that cannot wait for anything else).
+    Protected,
+}
+
+impl<'w> Pager<'w> {
+    /// Sets up a pager for every expert of `checkpoint` and starts its I/O thread. Refuses a
+    /// budget below one layer's top-k experts. With `drop_page_cache`, every expert's pages
+    /// are dropped first, so residency starts at zero and the accounting matches the kernel's.
+    pub fn new(checkpoint: &'w Checkpoint, cfg: PagerConfig) -> Result<Pager<'w>, PagerError> {
+        let c = checkpoint.config();
+        let (layers, num_experts, top_k) = (
+            c.num_hidden_layers,
+            c.num_local_experts,
+            c.num_experts_per_tok,
+        );
+        let files: Vec<PathBuf> = checkpoint
+            .files()
+            .into_iter()
+            .map(|p| p.to_path_buf())
+            .collect();
+        let mut names = Vec::with_capacity(layers * num_experts);
+        let mut sources = Vec::with_capacity(layers * num_experts);
+        let mut expert_bytes = 0u64;
+        let mut expert_total = 0u64;
+        for layer in 0..layers {
+            for expert in 0..num_experts {
+                let n = expert_tensor_names(layer, expert);
+                let trio = [n.w1, n.w3, n.w2];
+                let mut ranges = Vec::with_capacity(3);
+                let mut bytes = 0;
+                for name in &trio {
+                    let loc = checkpoint.location(name)?;
+                    let file = files.iter().position(|p| *p == loc.file).unwrap_or(0);
+                    bytes += loc.len;
+                    ranges.push(FileRange {
+                        file,
+                        offset: loc.offset,
+                        len: loc.len,
+                    });
+                }
+                expert_bytes = expert_bytes.max(bytes);
+                expert_total += bytes;
+                names.push(trio);
+                sources.push(ExpertSource::LocalFiles { ranges });
+            }
+        }
+        let mut all_bytes = 0u64;
+        let expert_names: std::collections::HashSet<&str> =
+            names.iter().flatten().map(String::as_str).collect();
+        for name in checkpoint.tensor_names() {
+            all_bytes += checkpoint.location(name)?.len;
+            if !expert_names.contains(name) {
+                // A fault on a non-expert tensor must not read ahead into the experts next to
+                // it (bytes the budget cannot see); these tensors stay resident, so read them
+                // in now, whole.
+                checkpoint.advise(name, Advice::Random)?;
+                checkpoint.advise(name, Advice::WillNeed)?;
+            }
+        }
+        let minimum = expert_bytes * top_k as u64;
+        if cfg.budget_bytes < minimum || expert_bytes == 0 {
+            return Err(PagerError::BudgetTooSmall {
+                budget: cfg.budget_bytes,
+                budget_h: format_size(cfg.budget_bytes),
+                minimum,
+                minimum_h: format_size(minimum),
+                top_k,
+            });
+        }
+        let total = layers * num_experts;
+        let slots = ((cfg.budget_bytes / expert_bytes) as usize).min(total);
+        let quotas = (0..layers)
+            .map(|l| slots / layers + usize::from(l < slots % layers))
+            .collect();
+
+        for trio in &names {
+            for name in trio {
+                // Faults on a page the pager did not load (e.g. reclaimed under pressure)
+                // must not read ahead into neighbouring experts.
+                checkpoint.advise(name, Advice::Random)?;
+                if cfg.drop_page_cache {
+                    checkpoint.drop_page_cache(name)?;
+                } else {
+                    checkpoint.advise(name, Advice::DontNeed)?;
+                }
+            }
+        }
+
+        let state = State {
+            entries: vec![
+                Entry {
+                    status: Status::Absent,
+                    last_use: 0,
+                    pins: 0,
+                    protected: false,
+                    prefetched: false,
+                    error: None,
+                };
+                total
+            ],
+            demand_q: VecDeque::new(),
+            prefetch_q: VecDeque::new(),
+            clock: 0,
+            resident: 0,
+            peak: 0,
+            per_layer: vec![0; layers],
+            stats: vec![LayerStats::default(); layers],
+            predicted: vec![None; layers],
+            pending_prefetch: None,
+            shutdown: false,
+        };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(state),
+            work: Condvar::new(),
+            done: Condvar::new(),
+        });
+        let reader = Reader::open(&files).map_err(PagerError::Io)?;
+        if cfg.drop_page_cache {
+            reader.drop_all().map_err(PagerError::Io)?;
+        }
+        let io = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("swarmlm-pager-io".into())
+                .spawn(move || io_loop(shared, sources, reader, num_experts))
+                .map_err(PagerError::Io)?
+        };
+        Ok(Pager {
+            checkpoint,
+            cfg,
+            num_experts,
+            top_k,
+            expert_bytes,
+            slots,
+            quotas,
+            names,
+            non_expert_bytes: all_bytes - expert_total,
+            shared,
+            io: Some(io),
+        })
+    }
+
+    /// The settings this pager runs with.
+    pub fn config(&self) -> &PagerConfig {
+        &self.cfg
+    }
+
+    /// Bytes of one expert (w1 + w3 + w2).
+    pub fn expert_bytes(&self) -> u64 {
+        self.expert_bytes
+    }
+
+    /// The smallest budget accepted for this checkpoint (one layer's top-k experts).
+    pub fn minimum_budget(&self) -> u64 {
+        self.expert_bytes * self.top_k as u64
+    }
+
+    /// Experts resident at once under the budget.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// The three tensor names (w1, w3, w2) of an expert, for residency checks.
+    pub fn tensor_names(&self, layer: usize, expert: usize) -> &[String; 3] {
+        &self.names[layer * self.num_experts + expert]
+    }
+
+    /// A snapshot of the accounting.
+    pub fn stats(&self) -> PagerStats {
+        let st = self.shared.lock();
+        PagerStats {
+            layers: st.stats.clone(),
+            budget_bytes: self.cfg.budget_bytes,
+            expert_bytes: self.expert_bytes,
+            slots: self.slots,
+            resident_expert_bytes: st.resident as u64 * self.expert_bytes,
+            resident_expert_bytes_peak: st.peak as u64 * self.expert_bytes,
+            non_expert_bytes: self.non_expert_bytes,
+        }
+    }
+
+    /// Where `(layer, expert)` stands now, without changing anything.
+    pub fn residency(&self, layer: usize, expert: usize) -> Residency {
+        let st = self.shared.lock();
+        residency_of(&st.entries[layer * self.num_experts + expert])
+    }
+
+    /// Makes `(layer, expert)` resident: returns at once with where it stands, starting a
+    /// load (and evicting an unpinned expert if the budget needs it) when it is absent.
+    pub fn request(&self, layer: usize, expert: usize) -> Result<Residency, PagerError> {
+        let mut st = self.shared.lock();
+        let idx = layer * self.num_experts + expert;
+        st.clock += 1;
+        st.entries[idx].last_use = st.clock;
+        match st.entries[idx].status {
+            Status::Absent | Status::Failed => {
+                if self.make_room(&mut st, idx, Tier::Protected)? {
+                    self.start_load(&mut st, idx, false);
+                    Ok(Residency::Loading)
+                } else {
+                    Ok(Residency::NoRoom)
+                }
+            }
+            _ => Ok(residency_of(&st.entries[idx])),
+        }
+    }
+
+    /// The start of a layer's expert work: `needed` are the experts the router picked, in
+    /// expert order (the order they are computed in, and the order the reference LRU
+    /// statistics of shakespeare-moe were computed in). Counts hits and misses and queues loads request by request,
+    /// as a plain LRU sees them (an expert requested earlier in the list is not evicted by a
+    /// later one; one not yet requested may be), then turns a pending lookahead prediction into
+    /// loads.
+    pub fn begin_layer(&self, layer: usize, needed: &[usize]) -> Result<(), PagerError> {
+        let mut st = self.shared.lock();
+        let base = layer * self.num_experts;
+        for e in &mut st.entries[base..base + self.num_experts] {
+            e.protected = false;
+        }
+        if let Some(pred) = st.predicted[layer].take() {
+            let correct = pred.iter().filter(|e| needed.contains(e)).count();
+            let s = &mut st.stats[layer];
+            s.predicted += pred.len() as u64;
+            s.predicted_correct += correct as u64;
+        }
+        for &e in needed {
+            let idx = base + e;
+            st.clock += 1;
+            st.entries[idx].last_use = st.clock;
+            st.entries[idx].protected = true;
+            match st.entries[idx].status {
+                Status::Ready | Status::Loading | Status::Queued => {
+                    st.stats[layer].hits += 1;
+                    if st.entries[idx].prefetched {
+                        st.entries[idx].prefetched = false;
+                        st.stats[layer].prefetch_hits += 1;
+                        promote(&mut st, idx);
+                    }
+                }
+                Status::Absent | Status::Failed => {
+                    st.stats[layer].misses += 1;
+                    if self.make_room(&mut st, idx, Tier::Free)? {
+                        self.start_load(&mut st, idx, false);
+                    }
+                }
+            }
+        }
+        if let Some((next, pred)) = st.pending_prefetch.take() {
+            // A layer whose predictions mostly miss would only evict useful experts: once it
+            // has a track record, prefetch for it only while at least half the guesses hit.
+            let s = &st.stats[next];
+            if s.predicted >= PREFETCH_TRIAL && s.prediction_accuracy() < PREFETCH_MIN_ACCURACY {
+                return Ok(());
+            }
+            let nbase = next * self.num_experts;
+            for &e in &pred {
+                let idx = nbase + e;
+                st.entries[idx].protected = true;
+                if matches!(st.entries[idx].status, Status::Absent | Status::Failed)
+                    && self.make_room(&mut st, idx, Tier::Free)?
+                {
+                    self.start_load(&mut st, idx, true);
+                    st.entries[idx].prefetched = true;
+                    st.stats[next].prefetch_issued += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the lookahead's prediction for `layer` (scored at that layer's routing) and, with
+    /// [`Prefetch::Lookahead`], schedules loads for it at the next [`Pager::begin_layer`].
+    pub fn predict(&self, layer: usize, experts: &[usize]) {
+        let mut st = self.shared.lock();
+        st.predicted[layer] = Some(experts.to_vec());
+        if self.cfg.prefetch == Prefetch::Lookahead {
+            st.pending_prefetch = Some((layer, experts.to_vec()));
+        }
+    }
+
+    /// Pins `(layer, expert)` for compute, loading it if needed and waiting until it is ready.
+    pub fn acquire<'p>(
+        &'p self,
+        layer: usize,
+        expert: usize,
+        weights: ExpertWeights<'w>,
+    ) -> Result<Pinned<'p, 'w>, PagerError> {
+        let idx = layer * self.num_experts + expert;
+        let mut st = self.shared.lock();
+        let mut waited: Option<Instant> = None;
+        let mut attempted = false;
+        loop {
+            match st.entries[idx].status {
+                Status::Ready => {
+                    st.entries[idx].pins += 1;
+                    if let Some(t0) = waited {
+                        st.stats[layer].stall += t0.elapsed();
+                    }
+                    return Ok(Pinned {
+                        pager: Some((self, idx)),
+                        weights,
+                    });
+                }
+                Status::Failed if attempted => {
+                    let reason = st.entries[idx].error.clone().unwrap_or_default();
+                    return Err(PagerError::LoadFailed {
+                        layer,
+                        expert,
+                        reason,
+                    });
+                }
+                Status::Absent | Status::Failed => {
+                    if self.make_room(&mut st, idx, Tier::Protected)? {
+                        self.start_load(&mut st, idx, false);
+                        attempted = true;
+                        continue;
+                    }
+                }
+                Status::Queued => {
+                    promote(&mut st, idx);
+                    attempted = true;
+                }
+                Status::Loading => attempted = true,
+            }
+            waited.get_or_insert_with(Instant::now);
+            st = self.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn release(&self, idx: usize) {
+        let mut st = self.shared.lock();
+        let e = &mut st.entries[idx];
+        e.pins = e.pins.saturating_sub(1);
+        e.protected = false;
+    }
+
+    /// Frees slots until `idx` can take one; false if nothing in `tier` can go now.
+    fn make_room(&self, st: &mut State, idx: usize, tier: Tier) -> Result<bool, PagerError> {
+        while st.resident >= self.slots {
+            match self.pick_victim(st, idx, tier) {
+                Some(v) => self.evict(st, v)?,
+                None => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    fn pick_victim(&self, st: &State, idx: usize, tier: Tier) -> Option<usize> {
+        let ok = |i: usize| {
+            let e = &st.entries[i];
+            i != idx
+                && e.pins == 0
+                && matches!(e.status, Status::Ready | Status::Queued)
+                && (tier == Tier::Protected || !e.protected)
+        };
+        let lru_among = |pred: &dyn Fn(usize) -> bool| {
+            (0..st.entries.len())
+                .filter(|&i| ok(i) && pred(i))
+                .min_by_key(|&i| (st.entries[i].protected, st.entries[i].last_use))
+        };
+        match self.cfg.policy {
+            Policy::Lru => lru_among(&|_| true),
+            Policy::LayerLru => {
+                let e = self.num_experts;
+                let layer = idx / e;
+                let own = st.per_layer[layer] >= self.quotas[layer].max(1);
+                let from_own = || lru_among(&|i| i / e == layer);
+                let from_over = || lru_among(&|i| st.per_layer[i / e] > self.quotas[i / e]);
+                if own {
+                    from_own()
+                        .or_else(from_over)
+                        .or_else(|| lru_among(&|_| true))
+                } else {
+                    from_over().or_else(|| lru_among(&|_| true))
+                }
+            }
+        }
+    }
+
+    fn evict(&self, st: &mut State, v: usize) -> Result<(), PagerError> {
+        let layer = v / self.num_experts;
+        let was = st.entries[v].status;
+        if was == Status::Queued {
+            st.demand_q.retain(|&i| i != v);
+            st.prefetch_q.retain(|&i| i != v);
+        }
+        let e = &mut st.entries[v];
+        let wasted = e.prefetched;
+        e.status = Status::Absent;
+        e.prefetched = false;
+        e.protected = false;
+        st.resident -= 1;
+        st.per_layer[layer] -= 1;
+        if wasted {
+            st.stats[layer].prefetch_wasted += 1;
+        }
+        if was == Status::Ready {
+            for name in &self.names[v] {
+                if self.cfg.drop_page_cache {
+                    self.checkpoint.drop_page_cache(name)?;
+                } else {
+                    self.checkpoint.advise(name, Advice::DontNeed)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn start_load(&self, st: &mut State, idx: usize, prefetch: bool) {
+        let layer = idx / self.num_experts;
+        let e = &mut st.entries[idx];
+        e.status = Status::Queued;
+        e.error = None;
+        st.resident += 1;
+        st.peak = st.peak.max(st.resident);
+        st.per_layer[layer] += 1;
+        if prefetch {
+            st.prefetch_q.push_back(idx);
+        } else {
+            st.demand_q.push_back(idx);
+        }
+        self.shared.work.notify_one();
+    }
+}
+
+impl Drop for Pager<'_> {
+    fn drop(&mut self) {
+        self.shared.lock().shutdown = true;
+        self.shared.work.notify_all();
+        if let Some(h) = self.io.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn residency_of(e: &Entry) -> Residency {
+    match e.status {
+        Status::Ready => Residency::Ready,
+        Status::Queued | Status::Loading => Residency::Loading,
+        Status::Failed => Residency::Failed(e.error.clone().unwrap_or_default()),
+        Status::Absent => Residency::NoRoom,
+    }
+}
+
+/// Moves a queued prefetch to the demand queue (a demand now waits for it).
+fn promote(st: &mut State, idx: usize) {
+    if let Some(p) = st.prefetch_q.iter().position(|&i| i == idx) {
+        st.prefetch_q.remove(p);
+        st.demand_q.push_back(idx);
+    }
+}
+
+/// The I/O thread: demand loads first, then prefetches, one at a time.
+fn io_loop(shared: Arc<Shared>, sources: Vec<ExpertSource>, mut reader: Reader, per_layer: usize) {
+    let mut st = shared.lock();
+    loop {
+        if st.shutdown {
+            return;
+        }
+        let Some(idx) = st
+            .demand_q
+            .pop_front()
+            .or_else(|| st.prefetch_q.pop_front())
+        else {
+            st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
+            continue;
+        };
+        st.entries[idx].status = Status::Loading;
+        drop(st);
+        let result = reader.fill(&sources[idx]);
+        st = shared.lock();
+        let layer = idx / per_layer;
+        match result {
+            Ok(n) => {
+                st.entries[idx].status = Status::Ready;
+                st.stats[layer].bytes_read += n;
+            }
+            Err(reason) => {
+                let e = &mut st.entries[idx];
+                e.status = Status::Failed;
+                e.error = Some(reason);
+                e.prefetched = false;
+                st.resident -= 1;
+                st.per_layer[layer] -= 1;
+            }
+        }
+        shared.done.notify_all();
+    }
+}
+
+/// An expert's weights, pinned for compute when a pager is attached; unpinned on drop.
+pub struct Pinned<'p, 'w> {
+    pager: Option<(&'p Pager<'w>, usize)>,
+    weights: ExpertWeights<'w>,
+}
+
+impl<'w> Pinned<'_, 'w> {
+    /// Weights read without a pager (nothing to pin).
+    pub(crate) fn unpaged(weights: ExpertWeights<'w>) -> Self {
+        Pinned {
+            pager: None,
+            weights,
+        }
+    }
+}
+
+impl<'w> std::ops::Deref for Pinned<'_, 'w> {
+    type Target = ExpertWeights<'w>;
+    fn deref(&self) -> &ExpertWeights<'w> {
+        &self.weights
+    }
+}
+
+impl Drop for Pinned<'_, '_> {
+    fn drop(&mut self) {
+        if let Some((pager, idx)) = self.pager {
+            pager.release(idx);
+        }
+    }
+}
