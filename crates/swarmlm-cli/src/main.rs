@@ -30,6 +30,12 @@ pub struct Cli {
 enum Command {
     /// Write a synthetic Mixtral checkpoint in the Hugging Face hub layout (tests, benchmarks).
     Forge(cmd::forge::Args),
+    /// List the model catalogue and the models in the local store.
+    List(cmd::list::Args),
+    /// Delete a model from the local store.
+    Rm(cmd::rm::Args),
+    /// Print the folder of a model in the local store.
+    Where(cmd::where_::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cmd::completions::Args),
 }
@@ -39,6 +45,9 @@ fn main() -> ExitCode {
     output::init_tracing(cli.verbose, cli.quiet);
     let result = match cli.command {
         Command::Forge(args) => cmd::forge::run(args),
+        Command::List(args) => cmd::list::run(args),
+        Command::Rm(args) => cmd::rm::run(args),
+        Command::Where(args) => cmd::where_::run(args),
         Command::Completions(args) => cmd::completions::run(args),
     };
     match result {

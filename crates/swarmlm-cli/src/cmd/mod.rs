@@ -2,3 +2,6 @@
 
 pub mod completions;
 pub mod forge;
+pub mod list;
+pub mod rm;
+pub mod where_;
