@@ -48,6 +48,17 @@ pub struct Args {
     /// count (a tensor larger than this gets a shard of its own).
     #[arg(long, value_parser = parse_bytes, default_value = "5GB")]
     shard_size: u64,
+    /// Shape overrides (boxed: they are many, and the subcommand enum stays small).
+    #[command(flatten)]
+    shape: Box<ShapeArgs>,
+    /// Print a JSON summary (files with sizes, total bytes, config) on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Per-field replacements for the preset's shape.
+#[derive(clap::Args, Debug)]
+struct ShapeArgs {
     /// Number of layers (num_hidden_layers).
     #[arg(long)]
     layers: Option<usize>,
@@ -87,9 +98,6 @@ pub struct Args {
     /// rms_norm_eps.
     #[arg(long)]
     rms_norm_eps: Option<f64>,
-    /// Print a JSON summary (files with sizes, total bytes, config) on stdout.
-    #[arg(long)]
-    json: bool,
 }
 
 fn parse_preset(s: &str) -> Result<Preset, String> {
@@ -130,20 +138,21 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let o = &args.shape;
     let overrides = Overrides {
-        hidden_size: args.hidden,
-        intermediate_size: args.intermediate,
-        num_hidden_layers: args.layers,
-        num_attention_heads: args.heads,
-        num_key_value_heads: args.kv_heads,
-        head_dim: args.head_dim,
-        num_local_experts: args.experts,
-        num_experts_per_tok: args.top_k,
-        vocab_size: args.vocab,
-        rms_norm_eps: args.rms_norm_eps,
-        rope_theta: args.rope_theta,
-        sliding_window: args.sliding_window,
-        max_position_embeddings: args.max_position,
+        hidden_size: o.hidden,
+        intermediate_size: o.intermediate,
+        num_hidden_layers: o.layers,
+        num_attention_heads: o.heads,
+        num_key_value_heads: o.kv_heads,
+        head_dim: o.head_dim,
+        num_local_experts: o.experts,
+        num_experts_per_tok: o.top_k,
+        vocab_size: o.vocab,
+        rms_norm_eps: o.rms_norm_eps,
+        rope_theta: o.rope_theta,
+        sliding_window: o.sliding_window,
+        max_position_embeddings: o.max_position,
     };
     let mut spec = ForgeSpec::with_overrides(args.preset, &overrides);
     spec.seed = args.seed;
