@@ -36,6 +36,10 @@ enum Command {
     Rm(cmd::rm::Args),
     /// Print the folder of a model in the local store.
     Where(cmd::where_::Args),
+    /// Make a reproducible .torrent and manifest for a model folder.
+    Create(cmd::create::Args),
+    /// Check every file of a model folder against its manifest.
+    Verify(cmd::verify::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cmd::completions::Args),
 }
@@ -48,6 +52,8 @@ fn main() -> ExitCode {
         Command::List(args) => cmd::list::run(args),
         Command::Rm(args) => cmd::rm::run(args),
         Command::Where(args) => cmd::where_::run(args),
+        Command::Create(args) => cmd::create::run(args),
+        Command::Verify(args) => cmd::verify::run(args),
         Command::Completions(args) => cmd::completions::run(args),
     };
     match result {

@@ -1,7 +1,9 @@
 //! One module per subcommand: each defines its clap `Args` and a `run` that returns the exit code.
 
 pub mod completions;
+pub mod create;
 pub mod forge;
 pub mod list;
 pub mod rm;
 pub mod where_;
+pub mod verify;
