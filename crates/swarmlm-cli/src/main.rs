@@ -28,6 +28,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Generate text from a prompt with a local model.
+    Run(cmd::run::Args),
+    /// Measure a model's perplexity on a text file.
+    Perplexity(cmd::perplexity::Args),
     /// Write a synthetic Mixtral checkpoint in the Hugging Face hub layout (tests, benchmarks).
     Forge(cmd::forge::Args),
     /// List the model catalogue and the models in the local store.
@@ -48,6 +52,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     output::init_tracing(cli.verbose, cli.quiet);
     let result = match cli.command {
+        Command::Run(args) => cmd::run::run(args),
+        Command::Perplexity(args) => cmd::perplexity::run(args),
         Command::Forge(args) => cmd::forge::run(args),
         Command::List(args) => cmd::list::run(args),
         Command::Rm(args) => cmd::rm::run(args),

@@ -3,6 +3,8 @@
 pub mod completions;
 pub mod create;
 pub mod forge;
+pub mod perplexity;
+pub mod run;
 pub mod list;
 pub mod rm;
 pub mod where_;
