@@ -28,6 +28,14 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Download a model over BitTorrent (magnet, .torrent or manifest) and verify every byte.
+    Fetch(cmd::fetch::Args),
+    /// Serve a verified model folder to the swarm.
+    Seed(cmd::seed::Args),
+    /// Make a reproducible .torrent and manifest for a model folder.
+    Create(cmd::create::Args),
+    /// Check every file of a model folder against its manifest.
+    Verify(cmd::verify::Args),
     /// Generate text from a prompt with a local model.
     Run(cmd::run::Args),
     /// Measure a model's perplexity on a text file.
@@ -40,10 +48,6 @@ enum Command {
     Rm(cmd::rm::Args),
     /// Print the folder of a model in the local store.
     Where(cmd::where_::Args),
-    /// Make a reproducible .torrent and manifest for a model folder.
-    Create(cmd::create::Args),
-    /// Check every file of a model folder against its manifest.
-    Verify(cmd::verify::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions(cmd::completions::Args),
 }
@@ -52,14 +56,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     output::init_tracing(cli.verbose, cli.quiet);
     let result = match cli.command {
+        Command::Fetch(args) => cmd::fetch::run(args),
+        Command::Seed(args) => cmd::seed::run(args),
+        Command::Create(args) => cmd::create::run(args),
+        Command::Verify(args) => cmd::verify::run(args),
         Command::Run(args) => cmd::run::run(args),
         Command::Perplexity(args) => cmd::perplexity::run(args),
         Command::Forge(args) => cmd::forge::run(args),
         Command::List(args) => cmd::list::run(args),
         Command::Rm(args) => cmd::rm::run(args),
         Command::Where(args) => cmd::where_::run(args),
-        Command::Create(args) => cmd::create::run(args),
-        Command::Verify(args) => cmd::verify::run(args),
         Command::Completions(args) => cmd::completions::run(args),
     };
     match result {

@@ -80,6 +80,7 @@ impl SeedTarget {
                 .map(|m| m.source.clone())
                 .unwrap_or_default(),
         };
+        std::fs::create_dir_all(&state).map_err(|e| SwarmError::io(&state, e))?;
         let created = create_torrent(dir, &opts).map_err(|e| SwarmError::NotVerified {
             dir: dir.to_path_buf(),
             reason: format!("cannot create its torrent: {e}"),

@@ -2,10 +2,12 @@
 
 pub mod completions;
 pub mod create;
+pub mod fetch;
 pub mod forge;
-pub mod perplexity;
-pub mod run;
 pub mod list;
+pub mod perplexity;
 pub mod rm;
-pub mod where_;
+pub mod run;
+pub mod seed;
 pub mod verify;
+pub mod where_;

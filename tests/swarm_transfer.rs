@@ -1,0 +1,213 @@
+//! Real transfers between `swarmlm` processes over TCP on 127.0.0.1: fetch by magnet, manifest
+//! and .torrent; two leechers at once with one of them seeding on; resume after `kill -9`.
+
+#[path = "swarm_support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const T: Duration = Duration::from_secs(90);
+
+#[test]
+fn fetch_by_magnet_manifest_and_torrent_gives_identical_verified_files() {
+    let tmp = scratch();
+    let home = tmp.path().join("home");
+    let model = make_model(tmp.path(), "tiny-a", small_files(400, 1), 64 * 1024, None);
+    let seeder = start_seeder(&home, &model.dir, &[]);
+    assert!(
+        seeder.magnet.contains(&model.info_hash),
+        "{}",
+        seeder.magnet
+    );
+
+    let sources = [
+        ("magnet", seeder.magnet.clone()),
+        ("manifest", model.manifest_path.display().to_string()),
+        ("torrent", model.torrent_path.display().to_string()),
+    ];
+    for (label, source) in sources {
+        let out = tmp.path().join(format!("out-{label}"));
+        let o = run_with_timeout(fetch_cmd(&home, &source, &out, &[seeder.listen]), T);
+        assert!(o.status.success(), "fetch by {label}: {}", text(&o));
+        assert_identical(&model, &out);
+        assert_recorded(&model, &out);
+        assert!(
+            !out.join(".swarmlm/partial").exists(),
+            "{label}: partial area left behind"
+        );
+        let stored = std::fs::read_to_string(out.join(".swarmlm/manifest.toml")).unwrap();
+        assert!(
+            stored.contains(&model.info_hash),
+            "{label}: stored manifest"
+        );
+        let events = json_events(&o);
+        let done = events.last().expect("events");
+        assert_eq!(done["event"], "done", "{label}: last event");
+        assert_eq!(done["info_hash"], model.info_hash.as_str());
+        assert_eq!(done["total_bytes"], model.total_len());
+        assert!(done["downloaded_bytes"].as_u64().unwrap() >= model.total_len());
+        let verified = events
+            .iter()
+            .filter(|e| e["event"] == "file_verified")
+            .count();
+        assert_eq!(verified, model.files.len(), "{label}: file_verified events");
+        assert!(events.iter().any(|e| e["event"] == "metadata"));
+    }
+
+    // A bare magnet's manifest is derived on first use and pins every SHA-256.
+    let derived =
+        std::fs::read_to_string(tmp.path().join("out-magnet/.swarmlm/manifest.toml")).unwrap();
+    assert_eq!(derived.matches("sha256 = ").count(), model.files.len());
+
+    // Fetching again into a complete folder downloads nothing and keeps the files.
+    let out = tmp.path().join("out-manifest");
+    let o = run_with_timeout(
+        fetch_cmd(
+            &home,
+            &model.manifest_path.display().to_string(),
+            &out,
+            &[seeder.listen],
+        ),
+        T,
+    );
+    assert!(o.status.success(), "refetch: {}", text(&o));
+    let events = json_events(&o);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["event"] == "file_skipped")
+            .count(),
+        model.files.len()
+    );
+    assert_eq!(events.last().unwrap()["downloaded_bytes"], 0);
+    assert_identical(&model, &out);
+    assert!(seeder.stop(), "seeder exits cleanly on SIGTERM");
+}
+
+#[test]
+fn two_leechers_at_once_and_a_finished_leecher_seeds_a_third() {
+    let tmp = scratch();
+    let home = tmp.path().join("home");
+    let model = make_model(tmp.path(), "tiny-b", small_files(1500, 7), 64 * 1024, None);
+    let seeder = start_seeder(&home, &model.dir, &[]);
+
+    // Leecher 1 keeps seeding after its download (`fetch --seed`); leecher 2 just fetches.
+    let out1 = tmp.path().join("leecher1");
+    let mut cmd1 = fetch_cmd(&home, &model.magnet, &out1, &[seeder.listen]);
+    cmd1.arg("--seed");
+    let out2 = tmp.path().join("leecher2");
+    let cmd2 = fetch_cmd(
+        &home,
+        &model.manifest_path.display().to_string(),
+        &out2,
+        &[seeder.listen],
+    );
+    let second = std::thread::spawn(move || run_with_timeout(cmd2, T));
+    let leecher1 = spawn_seeding(cmd1);
+    let o2 = second.join().unwrap();
+    assert!(o2.status.success(), "leecher 2: {}", text(&o2));
+    assert_identical(&model, &out1);
+    assert_identical(&model, &out2);
+    assert_recorded(&model, &out1);
+    assert!(seeder.stop());
+
+    // The original seeder is gone: the third fetch can only get the bytes from leecher 1.
+    let out3 = tmp.path().join("leecher3");
+    let o3 = run_with_timeout(
+        fetch_cmd(
+            &home,
+            &model.torrent_path.display().to_string(),
+            &out3,
+            &[leecher1.listen],
+        ),
+        T,
+    );
+    assert!(o3.status.success(), "leecher 3: {}", text(&o3));
+    assert_identical(&model, &out3);
+    assert!(leecher1.stop(), "fetch --seed exits cleanly on SIGTERM");
+    assert!(!out1.join(".swarmlm/partial").exists());
+}
+
+#[test]
+fn kill_dash_nine_part_way_then_rerun_completes_without_refetching() {
+    let tmp = scratch();
+    let home = tmp.path().join("home");
+    // ~6 MB served at 1.5 MiB/s: the fetch is still running when it is killed.
+    let model = make_model(tmp.path(), "tiny-c", small_files(5000, 11), 64 * 1024, None);
+    let total = model.total_len();
+    let seeder = start_seeder(&home, &model.dir, &["--upload-limit", "1536K"]);
+    let out = tmp.path().join("out");
+
+    let mut cmd = fetch_cmd(
+        &home,
+        &model.manifest_path.display().to_string(),
+        &out,
+        &[seeder.listen],
+    );
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let deadline = Instant::now() + T;
+    let mut have_at_kill = 0;
+    for line in BufReader::new(stdout).lines() {
+        assert!(Instant::now() < deadline, "no progress before the deadline");
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line.unwrap()) else {
+            continue;
+        };
+        if v["event"] == "progress" {
+            let have = v["have_bytes"].as_u64().unwrap();
+            if have >= total / 3 {
+                have_at_kill = have;
+                break;
+            }
+        }
+        assert_ne!(v["event"], "done", "finished before it could be killed");
+    }
+    assert!(have_at_kill > 0);
+    // SIGKILL: no chance to clean up or save anything.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(out.join(".swarmlm/partial").exists());
+
+    let o = run_with_timeout(
+        fetch_cmd(
+            &home,
+            &model.manifest_path.display().to_string(),
+            &out,
+            &[seeder.listen],
+        ),
+        T,
+    );
+    assert!(o.status.success(), "rerun: {}", text(&o));
+    assert_identical(&model, &out);
+    assert_recorded(&model, &out);
+    let done = json_events(&o).pop().unwrap();
+    let second = done["downloaded_bytes"].as_u64().unwrap();
+    assert!(
+        second <= total - have_at_kill + total / 5,
+        "rerun downloaded {second} bytes of {total}; {have_at_kill} were verified before the kill"
+    );
+
+    // What the seeder sent over both runs: the payload plus what was in flight at the kill.
+    std::thread::sleep(Duration::from_millis(1500));
+    let uploaded = seeder
+        .events
+        .try_iter()
+        .filter(|e| e["event"] == "seed_progress")
+        .filter_map(|e| e["uploaded_bytes"].as_u64())
+        .max()
+        .unwrap();
+    assert!(
+        uploaded <= total + total / 4,
+        "seeder uploaded {uploaded} bytes for a {total}-byte model"
+    );
+    assert!(seeder.stop());
+}
