@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Expert pager under a hard memory limit: a model 3x larger than the memory it may use.
+#
+#   sudo benchmarks/pager.sh                       # builds target/release/swarmlm if missing
+#   LIMIT=2G BUDGET=1GiB TOKENS=16 sudo -E benchmarks/pager.sh
+#
+# Forges `mixtral-8x7b --layers 2` (6.33 GB: the real 8x7B layer shape) into a temporary folder,
+# reads its shards with `dd iflag=direct` (the disk's raw speed), runs greedy decoding once with
+# no limit (the reference output), then again inside a memory cgroup (cgroup v2 memory.max, or
+# v1 memory.limit_in_bytes) of LIMIT with `--memory-budget BUDGET`, after dropping the model's
+# pages from the page cache. The page cache is charged to the cgroup, so the run only fits if
+# the pager keeps the experts it does not need out of memory. Reported per run: decode tok/s,
+# bytes read from disk per token (/proc/<pid>/io read_bytes and the pager's own count), expert
+# hits and misses, the cgroup's peak memory and OOM kills, and whether the generated ids equal
+# the unlimited run's. The model and all outputs are deleted at the end (KEEP=1 keeps them).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+LIMIT=${LIMIT:-2G}
+BUDGET=${BUDGET:-1GiB}
+TOKENS=${TOKENS:-16}
+THREADS=${THREADS:-2}
+PROMPT_IDS=${PROMPT_IDS:-1,415,2187,302,4843,349}
+POLICIES=${POLICIES:-"layer-lru:lookahead layer-lru:off lru:off"}
+BIN=${SWARMLM_BIN:-}
+if [[ -z "$BIN" ]]; then
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/swarmlm"
+    if [[ ! -x "$BIN" ]]; then
+        (cd "$ROOT" && cargo build --release -p swarmlm-cli)
+    fi
+fi
+if [[ $(id -u) -ne 0 ]]; then
+    echo "pager.sh: needs root to create a memory cgroup" >&2
+    exit 2
+fi
+
+WORK=$(mktemp -d "${WORKDIR:-/var/tmp}/swarmlm-pager-bench.XXXXXX")
+CG=""
+cleanup() {
+    if [[ -n "$CG" && -d "$CG" ]]; then
+        # Move ourselves out first (v2 needs an empty group to remove it).
+        rmdir "$CG" 2>/dev/null || true
+    fi
+    if [[ "${KEEP:-0}" != 1 ]]; then rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+MODEL="$WORK/mixtral-2l"
+echo "== forging mixtral-8x7b --layers 2 into $MODEL" >&2
+"$BIN" forge --preset mixtral-8x7b --layers 2 --out "$MODEL" >/dev/null
+sync
+echo "== $(du -sh "$MODEL" | cut -f1) on disk" >&2
+
+drop_model_cache() {
+    # GNU dd: nocache with count=0 asks the kernel to drop the whole file from the page cache.
+    for f in "$MODEL"/*.safetensors; do dd if="$f" iflag=nocache count=0 status=none; done
+}
+
+echo "== dd iflag=direct (raw read speed of the shards)" >&2
+drop_model_cache
+DD_BYTES=0
+DD_T0=$(date +%s.%N)
+for f in "$MODEL"/*.safetensors; do
+    dd if="$f" of=/dev/null bs=16M iflag=direct status=none
+    DD_BYTES=$((DD_BYTES + $(stat -c %s "$f")))
+done
+DD_T1=$(date +%s.%N)
+DD_MBPS=$(python3 -c "print(f'{$DD_BYTES/($DD_T1-$DD_T0)/1e6:.0f}')")
+echo "dd iflag=direct: $DD_BYTES bytes at $DD_MBPS MB/s" >&2
+
+# run NAME CGROUP-LIMIT(or "") EXTRA-ARGS...: one `swarmlm run`, its JSON in $WORK/NAME.json,
+# its /proc/<pid>/io read_bytes in $WORK/NAME.io and stats table in $WORK/NAME.stats.
+run() {
+    local name=$1 limit=$2
+    shift 2
+    drop_model_cache
+    local cmd=("$BIN" run "$MODEL" --prompt-ids "$PROMPT_IDS" --max-tokens "$TOKENS"
+        --temperature 0 --threads "$THREADS" --json "$@")
+    if [[ -z "$limit" ]]; then
+        "${cmd[@]}" >"$WORK/$name.json" 2>"$WORK/$name.stats" &
+    else
+        CG=$(make_cgroup "$limit")
+        # The child joins the cgroup before exec, so every page it touches is charged there.
+        bash -c 'echo $$ > "$1/cgroup.procs" 2>/dev/null || echo $$ > "$1/tasks"; shift; exec "$@"' \
+            _ "$CG" "${cmd[@]}" >"$WORK/$name.json" 2>"$WORK/$name.stats" &
+    fi
+    local pid=$! rb=0
+    while kill -0 "$pid" 2>/dev/null; do
+        rb=$(awk '/^read_bytes/ {print $2}' "/proc/$pid/io" 2>/dev/null || echo "$rb")
+        sleep 0.2
+    done
+    local rc=0
+    wait "$pid" || rc=$?
+    echo "$rb" >"$WORK/$name.io"
+    local oom=0 peak=0
+    if [[ -n "$limit" ]]; then
+        oom=$(cg_oom_kills "$CG")
+        peak=$(cg_peak "$CG")
+        rmdir "$CG"
+        CG=""
+    fi
+    echo "$rc $oom $peak" >"$WORK/$name.rc"
+}
+
+make_cgroup() {
+    local limit=$1 dir
+    if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+        dir=/sys/fs/cgroup/swarmlm-pager-$$
+        grep -qw memory /sys/fs/cgroup/cgroup.subtree_control ||
+            echo +memory >/sys/fs/cgroup/cgroup.subtree_control
+        mkdir "$dir"
+        echo "$limit" >"$dir/memory.max"
+        echo 0 >"$dir/memory.swap.max" 2>/dev/null || true
+    else
+        dir=/sys/fs/cgroup/memory/swarmlm-pager-$$
+        mkdir "$dir"
+        echo "$limit" >"$dir/memory.limit_in_bytes"
+    fi
+    echo "$dir"
+}
+cg_oom_kills() {
+    if [[ -f "$1/memory.events" ]]; then
+        awk '/^oom_kill / {print $2}' "$1/memory.events"
+    else
+        awk '/^oom_kill / {print $2}' "$1/memory.oom_control" 2>/dev/null || echo "?"
+    fi
+}
+cg_peak() {
+    cat "$1/memory.peak" 2>/dev/null || cat "$1/memory.max_usage_in_bytes" 2>/dev/null || echo 0
+}
+
+echo "== unlimited run (reference output)" >&2
+run unlimited ""
+for pp in $POLICIES; do
+    policy=${pp%%:*}
+    prefetch=${pp##*:}
+    name="budget-$policy-$prefetch"
+    echo "== $LIMIT cgroup, --memory-budget $BUDGET, policy $policy, prefetch $prefetch" >&2
+    run "$name" "$LIMIT" --memory-budget "$BUDGET" --pager-policy "$policy" --prefetch "$prefetch" --stats
+    sed -n '/expert pager/,$p' "$WORK/$name.stats" >&2 || true
+done
+
+python3 - "$WORK" "$TOKENS" "$DD_MBPS" "$LIMIT" "$BUDGET" <<'PY'
+import json, os, sys
+work, tokens, dd, limit, budget = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+def load(name):
+    rc, oom, peak = open(f"{work}/{name}.rc").read().split()
+    try:
+        j = json.load(open(f"{work}/{name}.json"))
+    except Exception:
+        j = None
+    return j, int(rc), oom, int(peak), int(open(f"{work}/{name}.io").read().strip() or 0)
+ref, *_ = load("unlimited")
+names = ["unlimited"] + sorted(n[:-5] for n in os.listdir(work) if n.startswith("budget-") and n.endswith(".json"))
+print(f"mixtral-8x7b --layers 2, {tokens} greedy tokens; dd iflag=direct {dd} MB/s; cgroup memory {limit}, --memory-budget {budget}")
+print(f"{'run':<28} {'rc':>3} {'oom':>4} {'decode tok/s':>12} {'disk MB/tok':>11} {'pager MB/tok':>12} {'hits':>6} {'misses':>6} {'peak MB':>8} {'same ids':>8}")
+for n in names:
+    j, rc, oom, peak, rb = load(n)
+    if j is None:
+        print(f"{n:<28} {rc:>3} {oom:>4}  (no output)")
+        continue
+    ntok = max(1, len(j["generated_ids"]) + len(j["prompt_ids"]))
+    same = j["generated_ids"] == ref["generated_ids"] if ref else False
+    pager_mb = j.get("expert_bytes_read", 0) / ntok / 1e6
+    print(f"{n:<28} {rc:>3} {oom:>4} {j['decode_tokens_per_s']:>12.3f} {rb/ntok/1e6:>11.1f} {pager_mb:>12.1f} "
+          f"{j.get('expert_hits', '-'):>6} {j.get('expert_misses', '-'):>6} {peak/1e6:>8.0f} {str(same):>8}")
+PY
