@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-pub use swarmlm_e2e::{swarmlm, swarmlm_bin};
+pub use swarmlm_e2e::swarmlm;
 
 /// Deterministic bytes (xorshift) so failures reproduce.
 pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
