@@ -16,6 +16,8 @@ use swarmlm_swarm::{Event, FetchOptions, SessionConfig, Source, SwarmError};
 use crate::output::hint;
 
 #[derive(Parser, Debug)]
+// A repeated single-value flag takes its last value (scripts append overrides).
+#[command(args_override_self = true)]
 #[command(after_help = "\
 Examples:
   swarmlm fetch mixtral-8x7b-instruct                 # a manifest in magnets/
