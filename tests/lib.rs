@@ -1,8 +1,9 @@
 //! Shared helpers for the end-to-end tests that drive the built `swarmlm` binary.
 //!
-//! These tests run the real binary as a user would. `cargo test --workspace` builds it (the
-//! `swarmlm-cli` package is part of the run), so the binary sits next to the test executables
-//! in the target directory; [`swarmlm_bin`] finds it there.
+//! These tests run the real binary as a user would. `cargo test --workspace` builds it because
+//! the `swarmlm-cli` package has an integration test of its own (`crates/swarmlm-cli/tests/`;
+//! cargo builds a package's binaries only for those), so the binary sits next to the test
+//! executables in the target directory; [`swarmlm_bin`] finds it there.
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::Context;
 use swarmlm_engine::{perplexity, Model};
 
-use crate::cmd::run::open_model;
+use crate::cmd::run::{open_model, PagerArgs};
 use crate::output::hint;
 
 /// Measure a model's perplexity on a text file.
@@ -42,6 +42,8 @@ pub struct Args {
     /// Print one JSON object: n_tokens, nll_sum, ppl, ctx, chunk_nll_sums.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub pager: PagerArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -55,7 +57,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
     })?;
     let (_dir, checkpoint, tokenizer) = open_model(&args.model)?;
-    let model = Model::load(&checkpoint, args.threads)?;
+    let mut model = Model::load(&checkpoint, args.threads)?;
+    args.pager.attach(&mut model)?;
     let ids = tokenizer.encode(&text, false)?;
     let bos = tokenizer
         .bos_id()
@@ -97,6 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bar.finish_and_clear();
     }
     let p = result?;
+    args.pager.report(&model);
     if args.json {
         let obj = serde_json::json!({
             "n_tokens": p.n_tokens,

@@ -26,6 +26,7 @@ Examples:
   swarmlm run mixtral-8x7b --prompt 'The capital of France is' --temperature 0
   swarmlm run ./model --prompt-ids 1,633,1457 --temperature 0 --json
   swarmlm run ./model --prompt-file question.txt --stop '\\n\\n' --seed 7
+  swarmlm run ./mixtral --prompt 'Hello' --memory-budget 2GiB --stats
 
 Sampling defaults: temperature 0.8, top-k 40, top-p 0.95, min-p 0.05, no repeat penalty.
 --temperature 0 is greedy (argmax) decoding and ignores the other sampling options.")]
@@ -74,6 +75,87 @@ pub struct Args {
     /// Print one JSON object at the end instead of streaming text.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub pager: PagerArgs,
+}
+
+/// `--memory-budget` and friends, shared by `run` and `perplexity`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PagerArgs {
+    /// Keep at most SIZE bytes of expert weights resident (e.g. 2GiB, 512MB, 1073741824);
+    /// other weights stay resident and are reported separately. Default: no limit, no pager.
+    #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
+    pub memory_budget: Option<u64>,
+    /// Which expert leaves when the budget is full (with --memory-budget).
+    #[arg(long, value_enum, default_value_t = PolicyArg::LayerLru)]
+    pub pager_policy: PolicyArg,
+    /// Load the next layer's predicted experts while the current one runs (with --memory-budget).
+    #[arg(long, value_enum, default_value_t = PrefetchArg::Lookahead)]
+    pub prefetch: PrefetchArg,
+    /// Print the expert pager's per-layer statistics on stderr at the end.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+/// Eviction policy names on the command line.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyArg {
+    /// Each layer keeps a stable share of the budget (LRU within the layer).
+    LayerLru,
+    /// Least recently used across all layers.
+    Lru,
+}
+
+/// Prefetch modes on the command line.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrefetchArg {
+    /// Predict the next layer's experts with its router and load them early.
+    Lookahead,
+    /// Load experts only when the router asks for them.
+    Off,
+}
+
+fn parse_budget(s: &str) -> Result<u64, String> {
+    swarmlm_engine::pager::parse_size(s).map_err(|e| e.to_string())
+}
+
+impl PagerArgs {
+    /// Attaches a pager to `model` when a budget was given.
+    pub fn attach(&self, model: &mut Model<'_>) -> anyhow::Result<()> {
+        use swarmlm_engine::pager::{PagerConfig, Policy, Prefetch};
+        let Some(budget) = self.memory_budget else {
+            return Ok(());
+        };
+        let cfg = PagerConfig {
+            policy: match self.pager_policy {
+                PolicyArg::LayerLru => Policy::LayerLru,
+                PolicyArg::Lru => Policy::Lru,
+            },
+            prefetch: match self.prefetch {
+                PrefetchArg::Lookahead => Prefetch::Lookahead,
+                PrefetchArg::Off => Prefetch::Off,
+            },
+            ..PagerConfig::new(budget)
+        };
+        model.attach_pager(cfg).map_err(|e| {
+            hint(
+                e,
+                "raise --memory-budget to at least the minimum, or leave it out to run unpaged",
+            )
+        })?;
+        Ok(())
+    }
+
+    /// Prints the statistics table when --stats was given.
+    pub fn report(&self, model: &Model<'_>) {
+        if !self.stats {
+            return;
+        }
+        match model.pager() {
+            Some(p) => eprint!("{}", p.stats().table()),
+            None => eprintln!("expert pager: off (no --memory-budget); all weights mapped"),
+        }
+    }
 }
 
 /// Peak resident set size of this process (VmHWM), in bytes.
@@ -102,7 +184,8 @@ pub(crate) fn open_model(model: &str) -> anyhow::Result<(PathBuf, Checkpoint, To
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let t_load = Instant::now();
     let (_dir, checkpoint, tokenizer) = open_model(&args.model)?;
-    let model = Model::load(&checkpoint, args.threads)?;
+    let mut model = Model::load(&checkpoint, args.threads)?;
+    args.pager.attach(&mut model)?;
     let load_seconds = t_load.elapsed().as_secs_f64();
 
     let prompt_ids = match (&args.prompt, &args.prompt_file, &args.prompt_ids) {
@@ -180,6 +263,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let t = &generation.timings;
+    args.pager.report(&model);
     if json {
         let obj = serde_json::json!({
             "prompt_ids": prompt_ids,
@@ -191,6 +275,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "decode_tokens_per_s": t.decode_tokens_per_s(),
             "peak_rss_bytes": peak_rss_bytes().unwrap_or(0),
         });
+        let mut obj = obj;
+        let ps = model.pager().map(|p| p.stats());
+        let pt = ps.as_ref().map(|s| s.totals());
+        obj["expert_hits"] = serde_json::json!(pt.as_ref().map(|t| t.hits));
+        obj["expert_misses"] = serde_json::json!(pt.as_ref().map(|t| t.misses));
+        obj["expert_bytes_read"] = serde_json::json!(pt.as_ref().map(|t| t.bytes_read));
+        obj["resident_expert_bytes_peak"] =
+            serde_json::json!(ps.as_ref().map(|s| s.resident_expert_bytes_peak));
         println!("{obj}");
     } else {
         println!();
