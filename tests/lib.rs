@@ -42,3 +42,24 @@ pub fn swarmlm(home: &std::path::Path) -> Command {
         .env("NO_COLOR", "1");
     cmd
 }
+
+/// The repository's root folder (for the bundled assets).
+pub fn repo_root() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository root")
+        .to_path_buf()
+}
+
+/// Runs `cmd` with stdin closed and returns (exit code, stdout, stderr); -1 if killed by a signal.
+pub fn output(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run swarmlm");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

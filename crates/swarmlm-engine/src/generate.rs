@@ -188,7 +188,9 @@ pub fn generate(
         prefill_tokens: prompt_ids.len(),
         ..Timings::default()
     };
-    let mut decoder = tokenizer.stream_decoder();
+    // Decoding the new ids after the prompt keeps the first token's leading space: SentencePiece
+    // drops a leading space only at the very start of a text, which the continuation is not.
+    let mut decoder = tokenizer.stream_decoder_after(prompt_ids);
     let mut filter = StopFilter::new(&opts.stop);
 
     if opts.max_tokens == 0 {

@@ -104,6 +104,47 @@ fn greedy_continuations_match_transformers() {
     }
 }
 
+/// `generate` streams exactly what the new ids add to the prompt's text: the first token keeps
+/// its leading space, and the streamed pieces are the returned text.
+#[test]
+fn generate_streams_the_continuation_of_the_prompt() {
+    use swarmlm_engine::sampling::{Sampler, SamplingParams};
+    use swarmlm_engine::tokenizer::Tokenizer;
+    use swarmlm_engine::{generate, GenerateOptions};
+
+    let ckpt = Checkpoint::open(&shakespeare_dir()).expect("open shakespeare-moe");
+    let model = Model::load(&ckpt, 2).expect("load");
+    let tokenizer = Tokenizer::from_model_dir(&shakespeare_dir()).expect("tokenizer");
+    let prompt = "The king";
+    let prompt_ids = tokenizer.encode(prompt, true).expect("encode");
+    let opts = GenerateOptions {
+        max_tokens: 24,
+        stop: Vec::new(),
+    };
+    let mut sampler = Sampler::new(SamplingParams::greedy()).expect("sampler");
+    let mut streamed = String::new();
+    let generation = generate(&model, &tokenizer, &prompt_ids, &opts, &mut sampler, |t| {
+        streamed.push_str(t)
+    })
+    .expect("generate");
+    assert_eq!(generation.generated_ids.len(), 24);
+    assert_eq!(streamed, generation.text);
+    let all: Vec<u32> = prompt_ids
+        .iter()
+        .chain(&generation.generated_ids)
+        .copied()
+        .collect();
+    let whole = tokenizer.decode(&all);
+    let prompt_text = tokenizer.decode(&prompt_ids);
+    assert_eq!(prompt_text, prompt);
+    assert_eq!(format!("{prompt_text}{}", generation.text), whole);
+    assert!(
+        generation.text.starts_with(' ') || generation.text.starts_with('\n'),
+        "a continuation of {prompt:?} starts a new word or line: {:?}",
+        generation.text
+    );
+}
+
 #[test]
 fn heldout_perplexity_matches_transformers() {
     let ckpt = Checkpoint::open(&shakespeare_dir()).expect("open shakespeare-moe");
