@@ -63,3 +63,39 @@ pub fn output(cmd: &mut Command) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Writes a model folder `root/name` as `swarmlm fetch` leaves one: `files` in place, `partial`
+/// files in the partial area, and `.swarmlm/manifest.toml` pinning the size and SHA-256 of both
+/// (format hf-safetensors, the given magnet).
+pub fn write_store_model(
+    root: &std::path::Path,
+    name: &str,
+    magnet: &str,
+    files: &[(&str, &[u8])],
+    partial: &[(&str, &[u8])],
+) -> PathBuf {
+    use sha2::Digest as _;
+    let dir = root.join(name);
+    let state = dir.join(".swarmlm");
+    std::fs::create_dir_all(state.join("partial")).unwrap();
+    let total: usize = files.iter().chain(partial).map(|(_, b)| b.len()).sum();
+    let mut toml = format!(
+        "name = \"{name}\"\nformat = \"hf-safetensors\"\nmagnet = \"{magnet}&dn={name}\"\n\
+         total_size = {total}\n"
+    );
+    for (path, bytes) in files.iter().chain(partial) {
+        toml += &format!(
+            "\n[[files]]\npath = \"{path}\"\nsize = {}\nsha256 = \"{}\"\n",
+            bytes.len(),
+            hex::encode(sha2::Sha256::digest(bytes))
+        );
+    }
+    for (path, bytes) in files {
+        std::fs::write(dir.join(path), bytes).unwrap();
+    }
+    for (path, bytes) in partial {
+        std::fs::write(state.join("partial").join(path), bytes).unwrap();
+    }
+    std::fs::write(state.join("manifest.toml"), toml).unwrap();
+    dir
+}

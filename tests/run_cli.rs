@@ -240,3 +240,62 @@ fn bad_models_and_prompts_are_clear_errors() {
         &[work.path().to_str().unwrap()],
     );
 }
+
+/// A fetched model (a folder with a swarmlm manifest) runs only while its verification record
+/// vouches for every file: not before `verify`, and not after a file changed.
+#[test]
+fn a_fetched_model_runs_only_while_verified() {
+    let home = tempfile::tempdir().unwrap();
+    let models = home.path().join("models");
+    let contents: Vec<(String, Vec<u8>)> = std::fs::read_dir(model_dir())
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| {
+            (
+                e.file_name().into_string().unwrap(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    let files: Vec<(&str, &[u8])> = contents
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    let magnet = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567";
+    let dir = swarmlm_e2e::write_store_model(&models, "sm", magnet, &files, &[]);
+    let run = || {
+        output(swarmlm(home.path()).args([
+            "run",
+            "sm",
+            "--prompt-ids",
+            "1,633",
+            "--max-tokens",
+            "2",
+            "--temperature",
+            "0",
+        ]))
+    };
+
+    let (code, _, err) = run();
+    assert_eq!(code, 1, "unverified model ran: {err}");
+    assert!(
+        err.contains("not verified") && err.contains("swarmlm verify"),
+        "{err}"
+    );
+
+    let (code, _, err) = output(swarmlm(home.path()).args(["verify", dir.to_str().unwrap()]));
+    assert_eq!(code, 0, "verify failed: {err}");
+    let (code, _, err) = run();
+    assert_eq!(code, 0, "verified model refused: {err}");
+
+    // Same size, other bytes, newer mtime: no longer vouched for.
+    let config = dir.join("config.json");
+    let mut bytes = std::fs::read(&config).unwrap();
+    bytes[0] = b' ';
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(&config, &bytes).unwrap();
+    let (code, _, err) = run();
+    assert_eq!(code, 1, "changed model ran: {err}");
+    assert!(err.contains("not verified"), "{err}");
+}

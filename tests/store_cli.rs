@@ -5,8 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use sha2::Digest as _;
-use swarmlm_e2e::swarmlm;
+use swarmlm_e2e::{swarmlm, write_store_model};
 
 const MAGNET: &str = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567";
 
@@ -14,36 +13,8 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-/// Write a model folder with `files` in place (and `partial` files in the partial area) and a
-/// manifest at `.swarmlm/manifest.toml` pinning the size and SHA-256 of `files` and `partial`.
 fn model(root: &Path, name: &str, files: &[(&str, &[u8])], partial: &[(&str, &[u8])]) -> PathBuf {
-    let dir = root.join(name);
-    let state = dir.join(".swarmlm");
-    std::fs::create_dir_all(state.join("partial")).unwrap();
-    let mut toml = format!(
-        "name = \"{name}\"\nformat = \"hf-safetensors\"\nmagnet = \"{MAGNET}&dn={name}\"\n\
-         total_size = {}\n",
-        files
-            .iter()
-            .chain(partial)
-            .map(|(_, b)| b.len())
-            .sum::<usize>()
-    );
-    for (path, bytes) in files.iter().chain(partial) {
-        toml += &format!(
-            "\n[[files]]\npath = \"{path}\"\nsize = {}\nsha256 = \"{}\"\n",
-            bytes.len(),
-            hex::encode(sha2::Sha256::digest(bytes))
-        );
-    }
-    for (path, bytes) in files {
-        std::fs::write(dir.join(path), bytes).unwrap();
-    }
-    for (path, bytes) in partial {
-        std::fs::write(state.join("partial").join(path), bytes).unwrap();
-    }
-    std::fs::write(state.join("manifest.toml"), toml).unwrap();
-    dir
+    write_store_model(root, name, MAGNET, files, partial)
 }
 
 fn run(cmd: &mut Command) -> (i32, String, String) {

@@ -174,11 +174,43 @@ pub(crate) fn open_model(model: &str) -> anyhow::Result<(PathBuf, Checkpoint, To
             "pass a model folder, or fetch the model first (`swarmlm fetch ...`)",
         )
     })?;
+    check_verified(&dir)?;
     let checkpoint = Checkpoint::open(&dir)
         .with_context(|| format!("cannot open the model in {}", dir.display()))?;
     let tokenizer = Tokenizer::from_model_dir(&dir)
         .with_context(|| format!("cannot load the tokenizer of {}", dir.display()))?;
     Ok((dir, checkpoint, tokenizer))
+}
+
+/// A folder that carries a swarmlm manifest (one `fetch` wrote) runs only while its verification
+/// record vouches for every file: verified, and unchanged in size and mtime since. A folder
+/// without a manifest is the user's own, run as it is.
+fn check_verified(dir: &std::path::Path) -> anyhow::Result<()> {
+    use swarmlm_manifest::{record_matches, Manifest, MANIFEST_FILE, STATE_DIR};
+    let manifest_path = dir.join(STATE_DIR).join(MANIFEST_FILE);
+    if !manifest_path.is_file() {
+        return Ok(());
+    }
+    let manifest = Manifest::load(&manifest_path).map_err(|e| {
+        hint(
+            e,
+            "repair or delete that manifest, or fetch the model again",
+        )
+    })?;
+    if record_matches(dir, &manifest) {
+        return Ok(());
+    }
+    Err(hint(
+        anyhow::anyhow!(
+            "the files of {} are not verified against {}: never verified, or changed since",
+            dir.display(),
+            manifest_path.display()
+        ),
+        format!(
+            "run `swarmlm verify {}` (it re-hashes every file), then try again",
+            dir.display()
+        ),
+    ))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
