@@ -501,6 +501,9 @@ fn hash_pass(
                     };
                     let n = read_full(&mut file, &mut buf).map_err(io_err(&f.abs))?;
                     if n == 0 {
+                        // This buffer never reaches the SHA-1 thread, so it never comes back:
+                        // count it as freed, or a folder of more than BUFFERS files deadlocks.
+                        allocated -= 1;
                         break;
                     }
                     sha.update(&buf[..n]);

@@ -627,3 +627,30 @@ fn garbage_never_panics() {
     assert!(parse_torrent(b"d4:info99999999999999:xe").is_err());
     assert!(parse_torrent(&[b'l'; 100_000]).is_err());
 }
+
+/// More files than the reader's buffer pool (8): each file's final empty read used to drop a
+/// buffer without returning it, so the ninth file waited forever for one.
+#[test]
+fn a_folder_of_many_files_does_not_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<(String, Vec<u8>)> = (0..20u8)
+        .map(|i| {
+            (
+                format!("f{i:02}.safetensors"),
+                vec![i; 1000 + usize::from(i)],
+            )
+        })
+        .collect();
+    for (p, d) in &files {
+        std::fs::write(dir.path().join(p), d).unwrap();
+    }
+    let c = create_torrent(dir.path(), &opts("many", 16384)).unwrap();
+    assert_eq!(c.manifest.files.len(), 20);
+    let total: u64 = files.iter().map(|(_, d)| d.len() as u64).sum();
+    assert_eq!(c.manifest.total_size, Some(total));
+    for ((p, d), f) in files.iter().zip(&c.manifest.files) {
+        assert_eq!(&f.path, p);
+        let want: [u8; 32] = sha2::Sha256::digest(d).into();
+        assert_eq!(f.sha256, Some(want), "{p}");
+    }
+}
