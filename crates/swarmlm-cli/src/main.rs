@@ -28,6 +28,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Try it offline: fetch a bundled model by magnet from a local seeder, verify, generate.
+    Demo(cmd::demo::Args),
     /// Download a model over BitTorrent (magnet, .torrent or manifest) and verify every byte.
     Fetch(cmd::fetch::Args),
     /// Serve a verified model folder to the swarm.
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     output::init_tracing(cli.verbose, cli.quiet);
     let result = match cli.command {
+        Command::Demo(args) => cmd::demo::run(args),
         Command::Fetch(args) => cmd::fetch::run(args),
         Command::Seed(args) => cmd::seed::run(args),
         Command::Create(args) => cmd::create::run(args),

@@ -43,6 +43,10 @@ pub const CATALOGUE: &[(&str, &str)] = &[
         "mixtral-8x22b.toml",
         include_str!("../../../magnets/mixtral-8x22b.toml"),
     ),
+    (
+        "shakespeare-moe.toml",
+        include_str!("../../../magnets/shakespeare-moe.toml"),
+    ),
 ];
 
 /// Where our own fetch keeps a download in progress, inside [`STATE_DIR`].
@@ -593,6 +597,11 @@ mod tests {
         assert_eq!(
             hash("mixtral-8x22b"),
             "9238b09245d0d8cd915be09927769d5f7584c1c9"
+        );
+        // Made by `swarmlm create` from the bundled model; tests/demo_cli.rs re-creates it.
+        assert_eq!(
+            hash("shakespeare-moe"),
+            "691d58ac285de6f16bfdd3cf4b6904c5126509d6"
         );
         let m = catalogue_entry("mixtral-8x7b-32kseqlen").unwrap();
         let md5 = |p: &str| m.file(p).and_then(|f| f.md5).map(hex::encode);

@@ -2,6 +2,7 @@
 
 pub mod completions;
 pub mod create;
+pub mod demo;
 pub mod fetch;
 pub mod forge;
 pub mod list;
