@@ -396,6 +396,14 @@ async fn fetch_in_session(
             });
         }
     }
+    // Trust on first use for a published manifest that leaves sizes or hashes open (Mistral's
+    // magnet-only releases): the user's copy from an earlier fetch of the same torrent already
+    // pinned them, and holds this folder to them.
+    if let (Some(m), Ok(user_copy)) = (manifest.as_mut(), Manifest::load(&stored_manifest_path)) {
+        if user_copy.info_hash == m.info_hash {
+            fill_unknowns(m, &user_copy);
+        }
+    }
     let magnet = match &manifest {
         Some(m) => m.magnet.clone(),
         None => match &source {
@@ -612,6 +620,15 @@ async fn fetch_in_session(
     // Every selected file is in place under its final name; the partial names are spare.
     if partial_dir.exists() {
         std::fs::remove_dir_all(&partial_dir).map_err(|e| SwarmError::io(&partial_dir, e))?;
+    }
+    // Trust on first use, completed: once every file of a manifest with unknown sizes or
+    // SHA-256 is in place, check everything the manifest and a RELEASE md5 list can check (the
+    // SHA-1 pieces already held every byte to the info hash), then record what was observed in
+    // the user's copy. The published manifest is never changed.
+    let complete = selected.len() == files.iter().filter(|f| !f.padding).count();
+    if let Some(m) = stored.as_mut().filter(|m| complete && has_unknowns(m)) {
+        pin_after_verify(m, &out_dir, piece_length).await?;
+        save_manifest(m, &stored_manifest_path)?;
     }
     Ok(FetchOutcome {
         out_dir,
@@ -944,6 +961,90 @@ fn derive_manifest(
             .collect(),
     };
     m.validate().ok().map(|_| m)
+}
+
+fn has_unknowns(m: &Manifest) -> bool {
+    m.piece_length.is_none()
+        || m.total_size.is_none()
+        || m.files
+            .iter()
+            .any(|f| f.size.is_none() || f.sha256.is_none())
+}
+
+/// Copies into `m` the sizes and SHA-256 that `pinned` (the user's copy of the same torrent)
+/// knows and `m` leaves open; never overrides what `m` states. Left unchanged if the result
+/// would not be a valid manifest.
+fn fill_unknowns(m: &mut Manifest, pinned: &Manifest) {
+    let mut filled = m.clone();
+    for f in &mut filled.files {
+        if let Some(p) = pinned.file(&f.path) {
+            if f.size.is_none() {
+                f.size = p.size;
+            }
+            if f.sha256.is_none() && f.size == p.size {
+                f.sha256 = p.sha256;
+            }
+        }
+    }
+    if filled.piece_length.is_none() {
+        filled.piece_length = pinned.piece_length;
+    }
+    if filled.total_size.is_none() && filled.files.iter().all(|f| f.size.is_some()) {
+        filled.total_size = Some(filled.files.iter().filter_map(|f| f.size).sum());
+    }
+    if filled.validate().is_ok() {
+        *m = filled;
+    }
+}
+
+/// Verifies the complete folder against `m` (re-hashing only what the fetch record cannot
+/// vouch for: md5 sums, the RELEASE list) and pins what verified.
+async fn pin_after_verify(
+    m: &mut Manifest,
+    dir: &Path,
+    piece_length: u64,
+) -> Result<(), SwarmError> {
+    let (d, mc) = (dir.to_path_buf(), m.clone());
+    let not_verified = |reason: String| SwarmError::NotVerified {
+        dir: dir.to_path_buf(),
+        reason,
+    };
+    let report = tokio::task::spawn_blocking(move || {
+        swarmlm_manifest::verify_dir(
+            &d,
+            &mc,
+            &swarmlm_manifest::VerifyOptions {
+                trust_record: true,
+                update_record: true,
+                ..Default::default()
+            },
+        )
+    })
+    .await
+    .map_err(|e| not_verified(e.to_string()))?
+    .map_err(|e| not_verified(e.to_string()))?;
+    if !report.ok() {
+        let failures: Vec<String> = report
+            .failures()
+            .map(|f| format!("{}: {}", f.path, f.status.label()))
+            .collect();
+        let release: Vec<String> = report
+            .release
+            .iter()
+            .flatten()
+            .filter(|r| r.status != swarmlm_manifest::FileStatus::Ok)
+            .map(|r| format!("{}: RELEASE md5 {}", r.path, r.status.label()))
+            .collect();
+        return Err(not_verified(format!(
+            "{}; nothing was pinned (run `swarmlm verify` for details)",
+            [failures, release].concat().join(", ")
+        )));
+    }
+    m.pin_unknowns(&report);
+    if m.piece_length.is_none() {
+        m.piece_length = Some(piece_length);
+    }
+    Ok(())
 }
 
 fn save_manifest(m: &Manifest, path: &Path) -> Result<(), SwarmError> {

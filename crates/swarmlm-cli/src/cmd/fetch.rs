@@ -94,7 +94,7 @@ pub fn session_config(listen: SocketAddr, no_dht: bool, trackers: &[url::Url]) -
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let source = Source::resolve(&args.source, &manifest_dirs()).map_err(with_hint)?;
+    let source = resolve_source(&args.source)?;
     let opts = FetchOptions {
         out: args.out.clone(),
         store: swarmlm_swarm::util::default_store(),
@@ -135,6 +135,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map_err(with_hint)?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A magnet, .torrent, manifest or `magnets/<name>.toml` in a manifest folder first (so a
+/// repository checkout or $SWARMLM_MAGNETS can override); then the store's rule
+/// ([`swarmlm_manifest::store::resolve`]): a model folder in the store (resume it with its
+/// stored manifest), else the catalogue compiled into the binary, so `swarmlm fetch
+/// mixtral-8x7b-32kseqlen` works from an installed binary in any folder.
+pub fn resolve_source(input: &str) -> anyhow::Result<Source> {
+    use swarmlm_manifest::store::{resolve, Resolved};
+    match Source::resolve(input, &manifest_dirs()) {
+        Err(e @ SwarmError::UnknownSource { .. }) => match resolve(input) {
+            Resolved::Folder(dir) => {
+                Source::resolve(&dir.to_string_lossy(), &[]).map_err(with_hint)
+            }
+            Resolved::Catalogue(manifest) => Ok(Source::Manifest {
+                path: PathBuf::from(format!("magnets/{}.toml (built in)", manifest.name)),
+                manifest,
+            }),
+            _ => Err(with_hint(e)),
+        },
+        r => r.map_err(with_hint),
+    }
 }
 
 /// Adds what the user can do next to the errors that have an obvious next step.
