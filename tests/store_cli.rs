@@ -227,6 +227,19 @@ fn catalogue_lists_the_real_releases() {
         assert!(hashes.contains(&pinned), "{pinned:?} not in {hashes:?}");
     }
     assert!(list["store"].as_array().unwrap().is_empty());
+    // Mixtral 8x22B ships one consolidated.safetensors with Mistral's tensor names: its own format.
+    let formats: Vec<(&str, &str)> = list["catalogue"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["name"].as_str().unwrap(), m["format"].as_str().unwrap()))
+        .collect();
+    assert!(
+        formats.contains(&("mixtral-8x22b", "mistral-safetensors")),
+        "{formats:?}"
+    );
+    assert!(formats.contains(&("mixtral-8x7b-32kseqlen", "mistral-pth")));
+    assert!(formats.contains(&("shakespeare-moe", "hf-safetensors")));
 }
 
 /// The catalogue's Mixtral 8x7B manifest cut down to its `tokenizer.model` entry (the other

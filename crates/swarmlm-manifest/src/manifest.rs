@@ -64,6 +64,10 @@ pub enum ModelFormat {
     HfSafetensors,
     /// Mistral AI's own releases: `params.json` + `consolidated.*.pth`.
     MistralPth,
+    /// Mistral AI's later releases (Mixtral 8x22B): `params.json` + `consolidated.safetensors`,
+    /// safetensors with Mistral's own tensor names, not the Hugging Face shard layout. Fetched,
+    /// verified and seeded; `swarmlm run` does not read it yet.
+    MistralSafetensors,
 }
 
 impl ModelFormat {
@@ -72,6 +76,7 @@ impl ModelFormat {
         match self {
             ModelFormat::HfSafetensors => "hf-safetensors",
             ModelFormat::MistralPth => "mistral-pth",
+            ModelFormat::MistralSafetensors => "mistral-safetensors",
         }
     }
 
@@ -80,21 +85,33 @@ impl ModelFormat {
         match s {
             "hf-safetensors" => Some(ModelFormat::HfSafetensors),
             "mistral-pth" => Some(ModelFormat::MistralPth),
+            "mistral-safetensors" => Some(ModelFormat::MistralSafetensors),
             _ => None,
         }
     }
 
-    /// Guess the format from the file names of a release: any `*.safetensors` file means the hub
-    /// layout, otherwise a `*.pth` file means a Mistral release. `None` when neither is present.
+    /// Guess the format from the file names of a release: `params.json` with a
+    /// `consolidated*.safetensors` (and no `config.json`) is Mistral's safetensors layout; any
+    /// other `*.safetensors` file means the hub layout; otherwise a `*.pth` file means a
+    /// Mistral `.pth` release. `None` when neither is present.
     pub fn detect<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<Self> {
-        let mut pth = false;
+        let (mut pth, mut st, mut consolidated_st, mut params, mut config) =
+            (false, false, false, false, false);
         for p in paths {
-            if p.ends_with(".safetensors") {
-                return Some(ModelFormat::HfSafetensors);
-            }
-            pth |= p.ends_with(".pth");
+            let base = p.rsplit('/').next().unwrap_or(p);
+            st |= base.ends_with(".safetensors");
+            consolidated_st |= base.starts_with("consolidated") && base.ends_with(".safetensors");
+            pth |= base.ends_with(".pth");
+            params |= base == "params.json";
+            config |= base == "config.json";
         }
-        pth.then_some(ModelFormat::MistralPth)
+        if consolidated_st && params && !config {
+            Some(ModelFormat::MistralSafetensors)
+        } else if st {
+            Some(ModelFormat::HfSafetensors)
+        } else {
+            pth.then_some(ModelFormat::MistralPth)
+        }
     }
 }
 
@@ -256,7 +273,7 @@ impl Manifest {
             ManifestError::field(
                 "format",
                 format!(
-                    "unknown format `{format_text}` (expected `hf-safetensors` or `mistral-pth`)"
+                    "unknown format `{format_text}` (expected `hf-safetensors`, `mistral-pth` or `mistral-safetensors`)"
                 ),
             )
         })?;

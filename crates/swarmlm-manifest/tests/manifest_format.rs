@@ -269,4 +269,28 @@ fn format_detection_from_file_names() {
         Some(ModelFormat::MistralPth)
     );
     assert_eq!(ModelFormat::detect(["a.bin"]), None);
+    // Mixtral 8x22B as Mistral released it.
+    let mixtral_8x22b = [
+        "RELEASE",
+        "consolidated.safetensors",
+        "params.json",
+        "tokenizer.model",
+    ];
+    assert_eq!(
+        ModelFormat::detect(mixtral_8x22b),
+        Some(ModelFormat::MistralSafetensors)
+    );
+    assert_eq!(
+        ModelFormat::parse("mistral-safetensors"),
+        Some(ModelFormat::MistralSafetensors)
+    );
+    assert_eq!(
+        ModelFormat::MistralSafetensors.as_str(),
+        "mistral-safetensors"
+    );
+    // The hub layout keeps its name even with a params.json lying around.
+    assert_eq!(
+        ModelFormat::detect(["config.json", "params.json", "consolidated.safetensors"]),
+        Some(ModelFormat::HfSafetensors)
+    );
 }

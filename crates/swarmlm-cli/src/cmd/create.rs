@@ -41,7 +41,8 @@ pub struct Args {
     /// `auto` or a power of two in bytes from 16384 to 268435456.
     #[arg(long, default_value = "auto", value_parser = parse_piece_size)]
     pub piece_size: PieceSize,
-    /// Model format for the manifest: hf-safetensors or mistral-pth (default: from file names).
+    /// Model format for the manifest: hf-safetensors, mistral-pth or mistral-safetensors
+    /// (default: from file names).
     #[arg(long, value_parser = parse_format)]
     pub format: Option<ModelFormat>,
     /// Manifest description.
@@ -80,7 +81,9 @@ fn parse_piece_size(s: &str) -> Result<PieceSize, String> {
 }
 
 fn parse_format(s: &str) -> Result<ModelFormat, String> {
-    ModelFormat::parse(s).ok_or_else(|| format!("{s:?}: expected hf-safetensors or mistral-pth"))
+    ModelFormat::parse(s).ok_or_else(|| {
+        format!("{s:?}: expected hf-safetensors, mistral-pth or mistral-safetensors")
+    })
 }
 
 /// Write `bytes` to `path` unless a file with different content is already there.

@@ -197,6 +197,17 @@ fn check_verified(dir: &std::path::Path) -> anyhow::Result<()> {
             "repair or delete that manifest, or fetch the model again",
         )
     })?;
+    if manifest.format == swarmlm_manifest::ModelFormat::MistralSafetensors {
+        return Err(hint(
+            anyhow::anyhow!(
+                "{} is in Mistral's consolidated.safetensors layout (format mistral-safetensors), \
+                 which swarmlm can fetch, verify and seed but not run yet",
+                dir.display()
+            ),
+            "run a release in the Hugging Face layout (config.json + model-*.safetensors) or \
+             Mistral's .pth layout",
+        ));
+    }
     if record_matches(dir, &manifest) {
         return Ok(());
     }
