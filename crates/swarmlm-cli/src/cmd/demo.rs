@@ -106,7 +106,7 @@ Examples:
   swarmlm demo --keep ~/swarmlm-demo --refetch
   swarmlm demo --json")]
 pub struct Args {
-    /// Prompt text.
+    /// Prompt text [default: "ROMEO." and a newline, a speaker's name as in the plays].
     #[arg(long, default_value = DEFAULT_PROMPT, hide_default_value = true)]
     pub prompt: String,
     /// Maximum number of new tokens.
