@@ -212,9 +212,81 @@ pub struct Pager<'w> {
     quotas: Vec<usize>,
     /// Per expert (layer-major): its three tensor names (w1, w3, w2).
     names: Vec<[String; 3]>,
+    /// Per expert: who shares each tensor's first and last page (see [`Edges`]).
+    edges: Vec<[Edges; 3]>,
     non_expert_bytes: u64,
     shared: Arc<Shared>,
     io: Option<JoinHandle<()>>,
+}
+
+/// Who else owns the partial first (`head`) and last (`tail`) page of one expert tensor.
+/// Tensors do not start on page boundaries, so neighbours share pages; evicting only whole
+/// pages (the default) would leave two pages per tensor ever used cached and, once touched,
+/// mapped. `None`: a non-expert tensor shares the page, so it stays with the always-resident
+/// weights. `Some(experts)`: the page may go when none of those experts is resident.
+#[derive(Debug, Clone, Default)]
+struct Edges {
+    head: Option<Vec<usize>>,
+    tail: Option<Vec<usize>>,
+}
+
+/// Finds, for every expert tensor, the owners of its edge pages. `owners[name]` is the
+/// expert index of an expert tensor; other tensors are non-expert.
+fn edge_owners(
+    checkpoint: &Checkpoint,
+    names: &[[String; 3]],
+) -> Result<Vec<[Edges; 3]>, PagerError> {
+    use std::collections::HashMap;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        p if p > 0 => p as u64,
+        _ => 4096,
+    };
+    let mut owner: HashMap<&str, (usize, usize)> = HashMap::new();
+    for (x, trio) in names.iter().enumerate() {
+        for (k, n) in trio.iter().enumerate() {
+            owner.insert(n.as_str(), (x, k));
+        }
+    }
+    // Per file, every non-empty tensor as (start, end, (expert, tensor) or None), in file order.
+    type Placed = (u64, u64, Option<(usize, usize)>);
+    let mut by_file: HashMap<PathBuf, Vec<Placed>> = HashMap::new();
+    for name in checkpoint.tensor_names() {
+        let loc = checkpoint.location(name)?;
+        if loc.len > 0 {
+            by_file.entry(loc.file).or_default().push((
+                loc.offset,
+                loc.offset + loc.len,
+                owner.get(name).copied(),
+            ));
+        }
+    }
+    let mut edges = vec![<[Edges; 3]>::default(); names.len()];
+    for list in by_file.values_mut() {
+        list.sort_unstable_by_key(|t| t.0);
+        for (i, &(start, end, who)) in list.iter().enumerate() {
+            let Some((x, k)) = who else { continue };
+            // Owners, other than expert x itself, of the page [p, p + page).
+            let page_owners = |p: u64| -> Option<Vec<usize>> {
+                let mut out = Vec::new();
+                let before = list[..i].iter().rev().take_while(|t| t.1 > p);
+                let after = list[i + 1..].iter().take_while(|t| t.0 < p + page);
+                for &(_, _, w) in before.chain(after) {
+                    match w {
+                        None => return None,
+                        Some((y, _)) if y != x && !out.contains(&y) => out.push(y),
+                        Some(_) => {}
+                    }
+                }
+                Some(out)
+            };
+            edges[x][k] = Edges {
+                head: page_owners(start / page * page),
+                tail: page_owners((end - 1) / page * page),
+            };
+        }
+    }
+    Ok(edges)
 }
 
 /// Candidates a slot may be taken from.
@@ -271,14 +343,14 @@ impl<'w> Pager<'w> {
         let mut all_bytes = 0u64;
         let expert_names: std::collections::HashSet<&str> =
             names.iter().flatten().map(String::as_str).collect();
+        let mut non_expert = Vec::new();
         for name in checkpoint.tensor_names() {
             all_bytes += checkpoint.location(name)?.len;
             if !expert_names.contains(name) {
                 // A fault on a non-expert tensor must not read ahead into the experts next to
-                // it (bytes the budget cannot see); these tensors stay resident, so read them
-                // in now, whole.
+                // it (bytes the budget cannot see).
                 checkpoint.advise(name, Advice::Random)?;
-                checkpoint.advise(name, Advice::WillNeed)?;
+                non_expert.push(name);
             }
         }
         let minimum = expert_bytes * top_k as u64;
@@ -297,13 +369,19 @@ impl<'w> Pager<'w> {
             .map(|l| slots / layers + usize::from(l < slots % layers))
             .collect();
 
-        for trio in &names {
-            for name in trio {
+        let edges = edge_owners(checkpoint, &names)?;
+        for (trio, edges) in names.iter().zip(&edges) {
+            for (name, edge) in trio.iter().zip(edges) {
                 // Faults on a page the pager did not load (e.g. reclaimed under pressure)
                 // must not read ahead into neighbouring experts.
                 checkpoint.advise(name, Advice::Random)?;
                 if cfg.drop_page_cache {
-                    checkpoint.drop_page_cache(name)?;
+                    // Nothing is resident yet: only pages shared with non-expert tensors stay.
+                    checkpoint.drop_page_cache_edges(
+                        name,
+                        edge.head.is_some(),
+                        edge.tail.is_some(),
+                    )?;
                 } else {
                     checkpoint.advise(name, Advice::DontNeed)?;
                 }
@@ -340,7 +418,18 @@ impl<'w> Pager<'w> {
         });
         let reader = Reader::open(&files).map_err(PagerError::Io)?;
         if cfg.drop_page_cache {
+            // Loading the model faulted its non-expert tensors in with the device's readahead
+            // (often MiBs around each fault, in large folios that also hold expert bytes); a
+            // mapped folio cannot be dropped. Unmap them, drop the files whole, then read the
+            // non-expert tensors back below, exactly (random advice: no readahead).
+            for name in &non_expert {
+                checkpoint.drop_page_cache(name)?;
+            }
             reader.drop_all().map_err(PagerError::Io)?;
+        }
+        // The non-expert tensors stay resident: read them in now, whole.
+        for name in &non_expert {
+            checkpoint.advise(name, Advice::WillNeed)?;
         }
         let io = {
             let shared = Arc::clone(&shared);
@@ -358,6 +447,7 @@ impl<'w> Pager<'w> {
             slots,
             quotas,
             names,
+            edges,
             non_expert_bytes: all_bytes - expert_total,
             shared,
             io: Some(io),
@@ -619,9 +709,21 @@ impl<'w> Pager<'w> {
             st.stats[layer].prefetch_wasted += 1;
         }
         if was == Status::Ready {
-            for name in &self.names[v] {
+            // An edge page goes too when every other expert sharing it is absent (its own
+            // entry is already Absent above).
+            let gone = |edge: &Option<Vec<usize>>| {
+                edge.as_ref().is_some_and(|o| {
+                    o.iter()
+                        .all(|&x| matches!(st.entries[x].status, Status::Absent | Status::Failed))
+                })
+            };
+            for (name, edge) in self.names[v].iter().zip(&self.edges[v]) {
                 if self.cfg.drop_page_cache {
-                    self.checkpoint.drop_page_cache(name)?;
+                    self.checkpoint.drop_page_cache_edges(
+                        name,
+                        gone(&edge.head),
+                        gone(&edge.tail),
+                    )?;
                 } else {
                     self.checkpoint.advise(name, Advice::DontNeed)?;
                 }
