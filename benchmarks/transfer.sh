@@ -92,7 +92,8 @@ cat "$MODEL"/* > /dev/null   # warm page cache
 
 echo "$INFO_HASH" > "$WORK/whitelist"; chmod 644 "$WORK/whitelist"
 OT_USER=(); [[ $(id -u) == 0 ]] && OT_USER=(-u nobody)
-opentracker -i 127.0.0.1 -p "$TRACKER_PORT" -P "$TRACKER_PORT" -d "$WORK" -w "$WORK/whitelist" "${OT_USER[@]}" >/dev/null 2>&1 &
+# -w is relative to -d: as root opentracker chroots there before reading the list.
+opentracker -i 127.0.0.1 -p "$TRACKER_PORT" -P "$TRACKER_PORT" -d "$WORK" -w whitelist "${OT_USER[@]}" >/dev/null 2>&1 &
 PIDS+=($!)
 
 mbps() { python3 -c "print(f'{$1/$2/1e6:.0f}')"; }

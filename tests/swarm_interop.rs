@@ -30,7 +30,6 @@ fn wait_for_seeders(tracker: &Tracker, info_hash: &str, seeders: u64) {
 }
 
 #[test]
-#[ignore = "known gap: opentracker never counts the swarmlm seeder yet (announce not seen); see the issue note"]
 fn seeder_and_leecher_find_each_other_only_through_opentracker() {
     let tmp = scratch();
     let home = tmp.path().join("home");
@@ -57,7 +56,6 @@ fn seeder_and_leecher_find_each_other_only_through_opentracker() {
 }
 
 #[test]
-#[ignore = "known gap: opentracker never counts the swarmlm seeder yet (announce not seen); see the issue note"]
 fn aria2c_downloads_from_swarmlm_seed_and_swarmlm_fetches_from_aria2c() {
     let tmp = scratch();
     let home = tmp.path().join("home");

@@ -485,6 +485,9 @@ fn http_get(port: u16, path: &str) -> Option<Vec<u8>> {
     Some(buf[start..].to_vec())
 }
 
+/// The whitelist's file name inside the tracker's folder.
+const WHITELIST: &str = "whitelist";
+
 /// Starts opentracker on 127.0.0.1:`port` (TCP and UDP), whitelisting `info_hashes`.
 pub fn start_tracker_on(port: u16, info_hashes: &[&str]) -> Tracker {
     use std::os::unix::fs::PermissionsExt;
@@ -495,7 +498,7 @@ pub fn start_tracker_on(port: u16, info_hashes: &[&str]) -> Tracker {
         .unwrap();
     // As root it chroots into the folder and drops to nobody, who must be able to read both.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let list = dir.path().join("whitelist");
+    let list = dir.path().join(WHITELIST);
     std::fs::write(&list, info_hashes.join("\n") + "\n").unwrap();
     std::fs::set_permissions(&list, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut cmd = Command::new(&bin);
@@ -509,8 +512,10 @@ pub fn start_tracker_on(port: u16, info_hashes: &[&str]) -> Tracker {
     ])
     .arg("-d")
     .arg(dir.path())
-    .arg("-w")
-    .arg(&list)
+    // Relative to -d: as root opentracker chroots into that folder before it opens the list
+    // (an absolute path outside it is then silently not found, every hash is refused and no
+    // announce is counted); as another user it only chdirs there. A relative name works in both.
+    .args(["-w", WHITELIST])
     .stdin(Stdio::null())
     .stdout(Stdio::null())
     .stderr(Stdio::null());
@@ -594,4 +599,123 @@ pub fn scratch() -> tempfile::TempDir {
         .prefix("swarmlm-e2e")
         .tempdir()
         .unwrap()
+}
+
+/// A minimal BitTorrent peer that has every piece, unchokes at once and answers every request
+/// with the right length of flipped bytes: an adversary that is fast and eager, so a leecher
+/// that also knows an honest seeder is sure to take pieces from it. (aria2c told to serve
+/// unverified data is the real-client adversary, but it does not unchoke a new peer at once,
+/// so next to an honest seeder it was often never asked for a piece.) No extensions: it does
+/// not answer BEP 9 metadata requests.
+pub struct CorruptPeer {
+    pub addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Request messages answered with bad data, over all connections.
+    pub served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CorruptPeer {
+    pub fn start(model: &Model) -> CorruptPeer {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        use std::sync::Arc;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut payload = Vec::new();
+        for (_, d) in &model.files {
+            payload.extend(d.iter().map(|b| !b));
+        }
+        let payload = Arc::new(payload);
+        let info_hash: [u8; 20] = hex::decode(&model.info_hash).unwrap().try_into().unwrap();
+        let pieces = model.total_len().div_ceil(model.piece_length) as usize;
+        let piece_length = model.piece_length as usize;
+        let stop = Arc::new(AtomicBool::new(false));
+        let served = Arc::new(AtomicUsize::new(0));
+        let (stop2, served2) = (stop.clone(), served.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop2.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let (payload, served) = (payload.clone(), served2.clone());
+                std::thread::spawn(move || {
+                    let _ = serve_corrupt(conn, info_hash, pieces, piece_length, &payload, &served);
+                });
+            }
+        });
+        CorruptPeer { addr, stop, served }
+    }
+}
+
+impl Drop for CorruptPeer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = std::net::TcpStream::connect(self.addr);
+    }
+}
+
+fn serve_corrupt(
+    mut conn: std::net::TcpStream,
+    info_hash: [u8; 20],
+    pieces: usize,
+    piece_length: usize,
+    payload: &[u8],
+    served: &std::sync::atomic::AtomicUsize,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut hs = [0u8; 68];
+    conn.read_exact(&mut hs)?;
+    if hs[0] != 19 || &hs[1..20] != b"BitTorrent protocol" || hs[28..48] != info_hash {
+        return Ok(());
+    }
+    let mut reply = Vec::with_capacity(68);
+    reply.push(19);
+    reply.extend_from_slice(b"BitTorrent protocol");
+    reply.extend_from_slice(&[0u8; 8]);
+    reply.extend_from_slice(&info_hash);
+    reply.extend_from_slice(b"-XX0001-corruptpeer!");
+    conn.write_all(&reply)?;
+    let mut bitfield = vec![0u8; pieces.div_ceil(8)];
+    for i in 0..pieces {
+        bitfield[i / 8] |= 0x80 >> (i % 8);
+    }
+    let mut msg = Vec::new();
+    msg.extend_from_slice(&(1 + bitfield.len() as u32).to_be_bytes());
+    msg.push(5);
+    msg.extend_from_slice(&bitfield);
+    msg.extend_from_slice(&1u32.to_be_bytes());
+    msg.push(1); // unchoke
+    conn.write_all(&msg)?;
+    loop {
+        let mut len = [0u8; 4];
+        conn.read_exact(&mut len)?;
+        let len = u32::from_be_bytes(len) as usize;
+        if len == 0 {
+            continue; // keep-alive
+        }
+        if len > 1 << 20 {
+            return Ok(());
+        }
+        let mut body = vec![0u8; len];
+        conn.read_exact(&mut body)?;
+        if body[0] != 6 || len != 13 {
+            continue; // only requests get an answer
+        }
+        let word = |i: usize| u32::from_be_bytes(body[i..i + 4].try_into().unwrap()) as usize;
+        let (index, begin, length) = (word(1), word(5), word(9));
+        let start = index * piece_length + begin;
+        let Some(block) = payload.get(start..start + length) else {
+            return Ok(());
+        };
+        let mut piece = Vec::with_capacity(13 + length);
+        piece.extend_from_slice(&(9 + length as u32).to_be_bytes());
+        piece.push(7);
+        piece.extend_from_slice(&(index as u32).to_be_bytes());
+        piece.extend_from_slice(&(begin as u32).to_be_bytes());
+        piece.extend_from_slice(block);
+        conn.write_all(&piece)?;
+        served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }

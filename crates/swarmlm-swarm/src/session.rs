@@ -80,6 +80,32 @@ impl SessionConfig {
     }
 }
 
+/// The address to listen on and the port to announce to trackers.
+///
+/// librqbit announces the port it bound — except on a loopback address, where it announces
+/// none and its tracker client then sends its default, 4240 (librqbit 9.1.0, `listen.rs` and
+/// `Session::make_peer_rx`). A loopback seeder was then counted by a tracker at a port nobody
+/// listens on, and leechers that found it only through the tracker never connected. So on
+/// loopback the port is chosen here (a free one when 0 is asked) and announced explicitly.
+fn announce_address(listen: SocketAddr) -> Result<(SocketAddr, Option<u16>), SwarmError> {
+    if !listen.ip().is_loopback() {
+        return Ok((listen, None));
+    }
+    let port = if listen.port() == 0 {
+        // Bound and released at once: another process taking it in between is the only race,
+        // and then librqbit's own bind fails with a clear error.
+        std::net::TcpListener::bind(listen)
+            .and_then(|l| l.local_addr())
+            .map_err(|e| SwarmError::Session {
+                reason: format!("no free TCP port on {}: {e}", listen.ip()),
+            })?
+            .port()
+    } else {
+        listen.port()
+    };
+    Ok((SocketAddr::new(listen.ip(), port), Some(port)))
+}
+
 /// A running librqbit session built from a [`SessionConfig`].
 pub struct SwarmSession {
     session: Arc<Session>,
@@ -115,6 +141,7 @@ impl SwarmSession {
                 .and_then(std::num::NonZeroU32::new),
         };
 
+        let (listen, announce_port) = announce_address(config.listen)?;
         let opts = SessionOptions {
             dht,
             disable_trackers: !config.trackers_enabled,
@@ -122,13 +149,14 @@ impl SwarmSession {
             persistence,
             listen: Some(ListenerOptions {
                 mode: ListenerMode::TcpOnly,
-                listen_addr: config.listen,
+                listen_addr: listen,
                 enable_upnp_port_forwarding: config.upnp,
-                ipv4_only: config.listen.is_ipv4(),
+                ipv4_only: listen.is_ipv4(),
+                announce_port,
                 ..Default::default()
             }),
             disable_local_service_discovery: !config.lsd,
-            ipv4_only: config.listen.is_ipv4(),
+            ipv4_only: listen.is_ipv4(),
             runtime_worker_threads: Some(RUNTIME_WORKER_THREADS),
             trackers: config.extra_trackers.iter().cloned().collect(),
             ratelimits,
@@ -167,6 +195,19 @@ impl SwarmSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_listeners_announce_their_real_port() {
+        let (addr, announce) = announce_address("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_eq!(addr.ip(), std::net::IpAddr::from(Ipv4Addr::LOCALHOST));
+        assert_ne!(addr.port(), 0);
+        assert_eq!(announce, Some(addr.port()));
+        let fixed: SocketAddr = "127.0.0.1:45123".parse().unwrap();
+        assert_eq!(announce_address(fixed).unwrap(), (fixed, Some(45123)));
+        // Elsewhere librqbit announces the port it binds by itself.
+        let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        assert_eq!(announce_address(any).unwrap(), (any, None));
+    }
 
     #[test]
     fn loopback_session_binds_127_0_0_1_and_talks_to_nobody() {
