@@ -285,6 +285,14 @@ async fn serve(
     if magnet.display_name.is_none() {
         magnet.display_name = Some(target.manifest.name.clone());
     }
+    // Signal handlers are installed when the shutdown future is first polled: poll it once
+    // before saying "seeding", or a SIGTERM right after that line kills the process uncleanly.
+    tokio::pin!(shutdown);
+    tokio::select! {
+        biased;
+        _ = &mut shutdown => return Ok(()),
+        _ = std::future::ready(()) => {}
+    }
     emit(&Event::Seeding {
         name: target.manifest.name.clone(),
         info_hash,
@@ -293,7 +301,6 @@ async fn serve(
         dir: target.dir.display().to_string(),
     });
 
-    tokio::pin!(shutdown);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
