@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# swarmlm against llama.cpp and candle, interleaved in one run (issue 9's benchmark).
+#
+#   benchmarks/peers.sh                       # 3 reps, 2 threads, 64 new tokens, both models
+#   REPS=5 THREADS=2 TOKENS=64 benchmarks/peers.sh
+#   MODELS=small benchmarks/peers.sh          # only the small preset
+#   PEERS=llama PREFILL_LEN=64 benchmarks/peers.sh   # without candle, a shorter prefill prompt
+#   BIG_F32=0 benchmarks/peers.sh             # skip llama.cpp f32 on the 6.33 GB model (12.7 GB GGUF)
+#   SWARMLM_BIN=.. PROBE_BIN=.. CANDLE_BIN=.. benchmarks/peers.sh   # use binaries built elsewhere
+#   LLAMA_PASSIVE=1 benchmarks/peers.sh       # also llama.cpp bf16 with OMP_WAIT_POLICY=passive
+#
+# What it does:
+# 1. builds target/release/swarmlm and the kernels' bandwidth probe (kernel_bench) if missing,
+#    the candle peer (benchmarks/peers/candle-mixtral, outside the workspace, own target dir),
+#    and checks that llama-cpp-python imports; if not, it installs it from source with pip:
+#      CMAKE_ARGS="-DGGML_NATIVE=ON" pip install --no-binary llama-cpp-python "llama-cpp-python[server]==0.3.36"
+# 2. forges `small` and `mixtral-8x7b --layers 2` (seed 1) into $SWARMLM_BENCH_MODELS (default
+#    ~/.cache/swarmlm-peers/models; kept between runs: forging and converting take minutes) and
+#    converts them to GGUF at bf16 and f32 with benchmarks/make_gguf.sh;
+# 3. runs benchmarks/peers/run_peers.py: for each model and repetition, swarmlm, llama.cpp bf16,
+#    llama.cpp f32 and candle in turn, each bracketed by a bandwidth probe; greedy, batch 1,
+#    TOKENS new tokens after a short prompt (decode tokens/s, roofline share), then a 256-token
+#    prompt (prefill tokens/s); medians and ratios against llama.cpp bf16; swarmlm's per-op decode
+#    times (SWARMLM_PROFILE=1); peak RSS; load-to-first-token on the 6.33 GB model, warm cache.
+# Raw records: $OUT_DIR/peers-<time>.jsonl; the markdown summary is printed (and saved next to it).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+THREADS=${THREADS:-2}
+TOKENS=${TOKENS:-64}
+REPS=${REPS:-3}
+PREFILL_LEN=${PREFILL_LEN:-256}
+PEERS=${PEERS:-"llama candle"}
+LLAMA_PASSIVE=${LLAMA_PASSIVE:-0}
+MODELS=${MODELS:-"small mixtral-8x7b-2layers"}
+BIG_F32=${BIG_F32:-1}
+LLAMA_CPP_PYTHON_VERSION=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
+export LLAMA_CPP_PYTHON_VERSION
+MODELS_DIR=${SWARMLM_BENCH_MODELS:-$HOME/.cache/swarmlm-peers/models}
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+OUT_DIR=${OUT_DIR:-$TARGET/peers}
+mkdir -p "$MODELS_DIR" "$OUT_DIR"
+
+echo "machine: $(lscpu | sed -n 's/^Model name:[[:space:]]*//p'), $(nproc) CPUs visible," \
+    "$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)," \
+    "flags: $(grep -o -w -E 'avx2|fma|f16c|avx512f|avx512bw|avx512_bf16|amx_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
+
+# -- 1. binaries -------------------------------------------------------------------------------
+BIN=${SWARMLM_BIN:-$TARGET/release/swarmlm}
+if [[ ! -x "$BIN" ]]; then
+    (cd "$ROOT" && cargo build --release -p swarmlm-cli)
+fi
+PROBE=${PROBE_BIN:-$TARGET/release/examples/kernel_bench}
+if [[ ! -x "$PROBE" ]]; then
+    (cd "$ROOT" && cargo build --release -p swarmlm-kernels --example kernel_bench)
+fi
+# Same target dir as the workspace (and the same release profile): candle-core, gemm and
+# friends are then reused from the swarmlm build instead of compiled twice.
+CANDLE_TARGET=${CANDLE_TARGET_DIR:-$TARGET}
+CANDLE=${CANDLE_BIN:-$CANDLE_TARGET/release/candle-mixtral-peer}
+if [[ " $PEERS " == *" candle "* && ! -x "$CANDLE" ]]; then
+    (cd "$ROOT/benchmarks/peers/candle-mixtral" && CARGO_TARGET_DIR=$CANDLE_TARGET cargo build --release)
+fi
+if [[ " $PEERS " == *" llama "* ]] && ! python3 -c "import llama_cpp" 2>/dev/null; then
+    echo "llama-cpp-python is not installed: building it from source (compiles llama.cpp)" >&2
+    CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=ON"} python3 -m pip install \
+        --no-binary llama-cpp-python "llama-cpp-python[server]==$LLAMA_CPP_PYTHON_VERSION"
+fi
+echo "swarmlm: $("$BIN" --version); llama-cpp-python $(python3 -c 'import llama_cpp; print(llama_cpp.__version__)' 2>/dev/null || echo -)"
+
+# -- 2. models ---------------------------------------------------------------------------------
+declare -a RUN_ARGS=()
+for m in $MODELS; do
+    case "$m" in
+    small) forge_args=(--preset small --seed 1) ;;
+    mixtral-8x7b-2layers) forge_args=(--preset mixtral-8x7b --layers 2 --seed 1) ;;
+    *)
+        echo "unknown model $m (small, mixtral-8x7b-2layers)" >&2
+        exit 2
+        ;;
+    esac
+    dir=$MODELS_DIR/$m
+    if [[ ! -f "$dir/config.json" ]]; then
+        rm -rf "$dir"
+        echo "== forging $m" >&2
+        "$BIN" forge "${forge_args[@]}" --out "$dir" >/dev/null
+    fi
+    RUN_ARGS+=(--model "$m=$dir")
+    types="bf16 f32"
+    if [[ "$m" == mixtral-8x7b-2layers && "$BIG_F32" == 0 ]]; then
+        types="bf16"
+    fi
+    for t in $types; do
+        [[ " $PEERS " == *" llama "* ]] || continue
+        "$ROOT/benchmarks/make_gguf.sh" "$dir" "$MODELS_DIR/$m-$t.gguf" "$t"
+        RUN_ARGS+=(--gguf "$m:$t=$MODELS_DIR/$m-$t.gguf")
+    done
+    # candle copies every weight into memory (f32 doubles it): f32 only on the small model.
+    if [[ " $PEERS " != *" candle "* ]]; then
+        :
+    elif [[ "$m" == small ]]; then
+        RUN_ARGS+=(--candle-dtype "$m=bf16,f32")
+    else
+        RUN_ARGS+=(--candle-dtype "$m=bf16")
+    fi
+done
+if [[ "$LLAMA_PASSIVE" == 1 ]]; then
+    RUN_ARGS+=(--llama-passive)
+fi
+case " $MODELS " in
+*" mixtral-8x7b-2layers "*) RUN_ARGS+=(--ttft-model mixtral-8x7b-2layers) ;;
+esac
+
+# -- 3. interleaved runs -----------------------------------------------------------------------
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+python3 "$ROOT/benchmarks/peers/run_peers.py" --swarmlm "$BIN" --candle "$CANDLE" --probe "$PROBE" \
+    --reps "$REPS" --tokens "$TOKENS" --threads "$THREADS" --prefill-len "$PREFILL_LEN" --raw "$OUT_DIR/peers-$STAMP.jsonl" \
+    "${RUN_ARGS[@]}" | tee "$OUT_DIR/peers-$STAMP.md"
+echo "raw records: $OUT_DIR/peers-$STAMP.jsonl" >&2
