@@ -3,8 +3,12 @@
 #
 #   sudo benchmarks/pager.sh                       # builds target/release/swarmlm if missing
 #   LIMIT=2G BUDGET=1GiB TOKENS=16 sudo -E benchmarks/pager.sh
+#   LAYERS=8 LIMIT=4G BUDGET=2816MiB sudo -E benchmarks/pager.sh   # case 2: ~23 GB in 4 GiB
+#   MODEL=/path/to/forged KEEP=1 ...               # reuse a forged folder (never deleted)
+#   GGUF=/path/model.gguf ...                      # also run llama.cpp (llama-cpp-python) as peer
 #
-# Forges `mixtral-8x7b --layers 2` (6.33 GB: the real 8x7B layer shape) into a temporary folder,
+# Forges `mixtral-8x7b --layers $LAYERS` (2 layers: 6.33 GB, the real 8x7B layer shape) into a
+# temporary folder,
 # reads its shards with `dd iflag=direct` (the disk's raw speed), runs greedy decoding once with
 # no limit (the reference output), then again inside a memory cgroup (cgroup v2 memory.max, or
 # v1 memory.limit_in_bytes) of LIMIT with `--memory-budget BUDGET`, after dropping the model's
@@ -22,6 +26,9 @@ TOKENS=${TOKENS:-16}
 THREADS=${THREADS:-2}
 PROMPT_IDS=${PROMPT_IDS:-1,415,2187,302,4843,349}
 POLICIES=${POLICIES:-"layer-lru:lookahead layer-lru:off lru:off"}
+LAYERS=${LAYERS:-2}
+GGUF=${GGUF:-}
+LLAMA_BENCH=${LLAMA_BENCH:-$ROOT/benchmarks/peers/llama_cpp_bench.py}
 BIN=${SWARMLM_BIN:-}
 if [[ -z "$BIN" ]]; then
     BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/swarmlm"
@@ -45,15 +52,25 @@ cleanup() {
 }
 trap cleanup EXIT
 
-MODEL="$WORK/mixtral-2l"
-echo "== forging mixtral-8x7b --layers 2 into $MODEL" >&2
-"$BIN" forge --preset mixtral-8x7b --layers 2 --out "$MODEL" >/dev/null
-sync
+if [[ -n "${MODEL:-}" && -f "${MODEL}/config.json" ]]; then
+    echo "== reusing $MODEL" >&2
+else
+    MODEL="$WORK/mixtral-${LAYERS}l"
+    echo "== forging mixtral-8x7b --layers $LAYERS into $MODEL" >&2
+    "$BIN" forge --preset mixtral-8x7b --layers "$LAYERS" --out "$MODEL" >/dev/null
+    sync
+fi
 echo "== $(du -sh "$MODEL" | cut -f1) on disk" >&2
+# The block device holding the model, for its busy time (/sys/block/DEV/stat io_ticks).
+DEV=$(lsblk -no PKNAME "$(df --output=source "$MODEL" | tail -1)" 2>/dev/null || true)
+[[ -n "$DEV" ]] || DEV=$(basename "$(df --output=source "$MODEL" | tail -1)")
+io_ticks() { awk '{print $10}' "/sys/block/$DEV/stat" 2>/dev/null || echo 0; }
 
 drop_model_cache() {
     # GNU dd: nocache with count=0 asks the kernel to drop the whole file from the page cache.
-    for f in "$MODEL"/*.safetensors; do dd if="$f" iflag=nocache count=0 status=none; done
+    for f in "$MODEL"/*.safetensors ${GGUF:+"$GGUF"}; do
+        dd if="$f" iflag=nocache count=0 status=none
+    done
 }
 
 echo "== dd iflag=direct (raw read speed of the shards)" >&2
@@ -74,8 +91,17 @@ run() {
     local name=$1 limit=$2
     shift 2
     drop_model_cache
-    local cmd=("$BIN" run "$MODEL" --prompt-ids "$PROMPT_IDS" --max-tokens "$TOKENS"
-        --temperature 0 --threads "$THREADS" --json "$@")
+    local cmd
+    if [[ "$name" == llama.cpp* ]]; then
+        cmd=(python3 "$LLAMA_BENCH" "$GGUF" --prompt-ids "$PROMPT_IDS" --max-tokens "$TOKENS"
+            --threads "$THREADS")
+    else
+        cmd=("$BIN" run "$MODEL" --prompt-ids "$PROMPT_IDS" --max-tokens "$TOKENS"
+            --temperature 0 --threads "$THREADS" --json "$@")
+    fi
+    local t0 ticks0
+    t0=$(date +%s.%N)
+    ticks0=$(io_ticks)
     if [[ -z "$limit" ]]; then
         "${cmd[@]}" >"$WORK/$name.json" 2>"$WORK/$name.stats" &
     else
@@ -92,6 +118,7 @@ run() {
     local rc=0
     wait "$pid" || rc=$?
     echo "$rb" >"$WORK/$name.io"
+    python3 -c "print(($(io_ticks) - $ticks0) / 1e3 / ($(date +%s.%N) - $t0))" >"$WORK/$name.busy"
     local oom=0 peak=0
     if [[ -n "$limit" ]]; then
         oom=$(cg_oom_kills "$CG")
@@ -139,29 +166,54 @@ for pp in $POLICIES; do
     run "$name" "$LIMIT" --memory-budget "$BUDGET" --pager-policy "$policy" --prefetch "$prefetch" --stats
     sed -n '/expert pager/,$p' "$WORK/$name.stats" >&2 || true
 done
+if [[ -n "$GGUF" ]]; then
+    if python3 -c "import llama_cpp" 2>/dev/null && [[ -f "$LLAMA_BENCH" && -f "$GGUF" ]]; then
+        echo "== llama.cpp (mmap, kernel paging), unlimited then in the $LIMIT cgroup" >&2
+        run llama.cpp-unlimited ""
+        run llama.cpp-cgroup "$LIMIT"
+    else
+        echo "== llama.cpp skipped: needs python3 -c 'import llama_cpp', $LLAMA_BENCH and $GGUF" >&2
+    fi
+fi
 
-python3 - "$WORK" "$TOKENS" "$DD_MBPS" "$LIMIT" "$BUDGET" <<'PY'
+python3 - "$WORK" "$TOKENS" "$DD_MBPS" "$LIMIT" "$BUDGET" "$MODEL" "$LAYERS" <<'PY'
 import json, os, sys
-work, tokens, dd, limit, budget = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+work, tokens, dd, limit, budget, model, layers = sys.argv[1:8]
+tokens = int(tokens)
+cfg = json.load(open(f"{model}/config.json"))
+expert = 3 * cfg["hidden_size"] * cfg["intermediate_size"] * 2
+# Non-expert weights are read once at load; the efficiency ratio compares the rest with misses.
+shards = sum(os.path.getsize(f"{model}/{f}") for f in os.listdir(model) if f.endswith(".safetensors"))
+non_expert = shards - cfg["num_hidden_layers"] * cfg["num_local_experts"] * expert
 def load(name):
     rc, oom, peak = open(f"{work}/{name}.rc").read().split()
     try:
         j = json.load(open(f"{work}/{name}.json"))
     except Exception:
         j = None
-    return j, int(rc), oom, int(peak), int(open(f"{work}/{name}.io").read().strip() or 0)
+    busy = float(open(f"{work}/{name}.busy").read().strip() or 0)
+    return j, int(rc), oom, int(peak), int(open(f"{work}/{name}.io").read().strip() or 0), busy
 ref, *_ = load("unlimited")
-names = ["unlimited"] + sorted(n[:-5] for n in os.listdir(work) if n.startswith("budget-") and n.endswith(".json"))
-print(f"mixtral-8x7b --layers 2, {tokens} greedy tokens; dd iflag=direct {dd} MB/s; cgroup memory {limit}, --memory-budget {budget}")
-print(f"{'run':<28} {'rc':>3} {'oom':>4} {'decode tok/s':>12} {'disk MB/tok':>11} {'pager MB/tok':>12} {'hits':>6} {'misses':>6} {'peak MB':>8} {'same ids':>8}")
+names = ["unlimited"] + sorted(n[:-5] for n in os.listdir(work)
+                               if n.endswith(".json") and n != "unlimited.json")
+print(f"mixtral-8x7b --layers {layers}, {tokens} greedy tokens; dd iflag=direct {dd} MB/s; "
+      f"cgroup memory {limit}, --memory-budget {budget}; expert {expert/1e6:.0f} MB, "
+      f"non-expert {non_expert/1e6:.0f} MB (read once; disk MB/tok counts it)")
+print(f"{'run':<28} {'rc':>3} {'oom':>4} {'decode tok/s':>12} {'disk MB/tok':>11} "
+      f"{'disk/(miss*exp)':>15} {'hits':>6} {'misses':>6} {'hit%':>5} {'disk busy':>9} "
+      f"{'cg peak MB':>10} {'same ids':>8}")
 for n in names:
-    j, rc, oom, peak, rb = load(n)
+    j, rc, oom, peak, rb, busy = load(n)
     if j is None:
         print(f"{n:<28} {rc:>3} {oom:>4}  (no output)")
         continue
-    ntok = max(1, len(j["generated_ids"]) + len(j["prompt_ids"]))
+    ntok = max(1, len(j["generated_ids"]))
     same = j["generated_ids"] == ref["generated_ids"] if ref else False
-    pager_mb = j.get("expert_bytes_read", 0) / ntok / 1e6
-    print(f"{n:<28} {rc:>3} {oom:>4} {j['decode_tokens_per_s']:>12.3f} {rb/ntok/1e6:>11.1f} {pager_mb:>12.1f} "
-          f"{j.get('expert_hits', '-'):>6} {j.get('expert_misses', '-'):>6} {peak/1e6:>8.0f} {str(same):>8}")
+    hits, misses = j.get("expert_hits"), j.get("expert_misses")
+    ratio = f"{(rb - non_expert) / (misses * expert):.3f}" if misses else "-"
+    hr = f"{100 * hits / (hits + misses):.1f}" if hits is not None and hits + misses else "-"
+    print(f"{n:<28} {rc:>3} {oom:>4} {j['decode_tokens_per_s']:>12.3f} {rb/ntok/1e6:>11.1f} "
+          f"{ratio:>15} {str(hits if hits is not None else '-'):>6} "
+          f"{str(misses if misses is not None else '-'):>6} {hr:>5} {100*busy:>8.0f}% "
+          f"{peak/1e6:>10.0f} {str(same):>8}")
 PY
