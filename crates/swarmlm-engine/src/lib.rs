@@ -6,6 +6,7 @@
 //! - [`pager`]: keeps only the experts in use resident, under a memory budget, with prefetch.
 //! - [`session`]: KV cache + batch prefill + decode steps, optional router tracing.
 //! - [`generate`], [`perplexity`]: the two ways the CLI drives a session.
+//! - [`profile`]: opt-in per-op decode timings (`SWARMLM_PROFILE=1`).
 //! - [`reference`]: a plain candle-core forward the fast path is tested against.
 
 pub mod error;
@@ -15,6 +16,7 @@ pub mod locate;
 pub mod model;
 pub mod pager;
 pub mod perplexity;
+pub mod profile;
 pub mod reference;
 pub mod sampling;
 pub mod session;
@@ -26,5 +28,6 @@ pub use generate::{generate, GenerateOptions, Generation, StopReason, Timings};
 pub use model::{KvCache, LogitsFor, Model, ModelShape, RouterTrace, TokenRoute};
 pub use pager::{Pager, PagerConfig, PagerStats};
 pub use perplexity::{perplexity, Perplexity};
+pub use profile::{OpProfile, OpProfileReport};
 pub use reference::{ReferenceModel, ReferenceOutput};
 pub use session::{Logits, Session};

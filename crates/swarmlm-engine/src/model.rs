@@ -17,6 +17,7 @@ use swarmlm_weights::{Checkpoint, MixtralConfig, RopeLayout};
 
 use crate::error::{EngineError, Result};
 use crate::experts::ExpertStore;
+use crate::profile::{Op, OpProfile};
 
 /// HF names of one decoder layer's non-expert tensors.
 pub(crate) struct LayerTensorNames {
@@ -238,6 +239,7 @@ pub struct Model<'w> {
     pub(crate) rope: RopeTable,
     pub(crate) rope_layout: kernels::RopeLayout,
     pub(crate) pool: Pool,
+    pub(crate) profile: OpProfile,
 }
 
 impl<'w> Model<'w> {
@@ -291,6 +293,7 @@ impl<'w> Model<'w> {
             lm_head,
             checkpoint,
             pool: Pool::new(threads),
+            profile: OpProfile::from_env(),
             shape,
         })
     }
@@ -318,6 +321,11 @@ impl<'w> Model<'w> {
     /// The attached expert pager, if any (for its statistics).
     pub fn pager(&self) -> Option<&crate::pager::Pager<'w>> {
         self.experts.pager()
+    }
+
+    /// Per-op decode timings, when enabled with `SWARMLM_PROFILE=1` (else `None`).
+    pub fn op_profile(&self) -> Option<crate::profile::OpProfileReport> {
+        self.profile.report()
     }
 
     /// Threads the kernels split work over.
@@ -542,6 +550,7 @@ impl<'w> MixtralSparseMoeBlock<'w> {
         let s = &model.shape;
         let pool = &model.pool;
         let hsz = s.hidden_size;
+        let mark = model.profile.mark(t == 1);
         let router_logits = sized(&mut a.router_logits, t * s.num_experts);
         self.gate.forward(pool, hidden, t, router_logits);
         // Per expert: the tokens routed to it and their weights.
@@ -568,6 +577,7 @@ impl<'w> MixtralSparseMoeBlock<'w> {
         let needed: Vec<usize> = (0..s.num_experts)
             .filter(|&e| !assigned[e].is_empty())
             .collect();
+        let mark = model.profile.lap(mark, Op::Router);
         model.experts.begin_layer(layer, &needed)?;
         for (e, tokens) in assigned.iter().enumerate() {
             if tokens.is_empty() {
@@ -613,6 +623,7 @@ impl<'w> MixtralSparseMoeBlock<'w> {
                 }
             }
         }
+        model.profile.lap(mark, Op::Experts);
         Ok(())
     }
 }
@@ -654,6 +665,8 @@ impl<'w> Model<'w> {
             sc.resize(per, 0.0);
         }
 
+        let timed = t == 1;
+        let mut mark = self.profile.mark(timed);
         let x = sized(&mut a.x, t * hsz);
         for (row, &id) in x.chunks_exact_mut(hsz).zip(ids) {
             let e = &self.embed_tokens[id as usize * hsz..(id as usize + 1) * hsz];
@@ -666,6 +679,7 @@ impl<'w> Model<'w> {
         let mut delta = std::mem::take(&mut a.delta);
         h.resize(t * hsz, 0.0);
         for (l, layer) in self.layers.iter().enumerate() {
+            mark = self.profile.lap(mark, Op::Other);
             // h = x + self_attn(input_layernorm(x))
             for (xr, hr) in x.chunks_exact(hsz).zip(h.chunks_exact_mut(hsz)) {
                 kernels::rms_norm(xr, &layer.input_layernorm, s.rms_norm_eps, hr);
@@ -674,6 +688,7 @@ impl<'w> Model<'w> {
             layer
                 .self_attn
                 .forward(self, &h, t, start, &mut cache.layers[l], a, d);
+            mark = self.profile.lap(mark, Op::Attention);
             add_in_place(&mut x, d);
             // While this layer's experts run, the pager can load the next layer's likely ones.
             if let Some(pager) = self.experts.pager() {
@@ -686,6 +701,7 @@ impl<'w> Model<'w> {
             for (xr, hr) in x.chunks_exact(hsz).zip(h.chunks_exact_mut(hsz)) {
                 kernels::rms_norm(xr, &layer.post_attention_layernorm, s.rms_norm_eps, hr);
             }
+            self.profile.lap(mark, Op::Other);
             let d = sized(&mut delta, t * hsz);
             let layer_trace = trace.as_deref_mut().map(|tr| {
                 if tr.layers.len() < s.num_layers {
@@ -696,8 +712,10 @@ impl<'w> Model<'w> {
             layer
                 .block_sparse_moe
                 .forward(self, l, &h, t, a, layer_trace, d)?;
+            mark = self.profile.mark(timed);
             add_in_place(&mut x, d);
         }
+        mark = self.profile.lap(mark, Op::Other);
         cache.len = start + t;
         // norm, then lm_head on the rows asked for.
         let rows = match want {
@@ -712,6 +730,8 @@ impl<'w> Model<'w> {
         logits.clear();
         logits.resize(n * s.vocab_size, 0.0);
         self.lm_head.forward(pool, normed, n, logits);
+        self.profile.lap(mark, Op::LmHead);
+        self.profile.step(timed);
         a.x = x;
         a.h = h;
         a.delta = delta;

@@ -326,9 +326,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         obj["expert_bytes_read"] = serde_json::json!(pt.as_ref().map(|t| t.bytes_read));
         obj["resident_expert_bytes_peak"] =
             serde_json::json!(ps.as_ref().map(|s| s.resident_expert_bytes_peak));
+        // Only with SWARMLM_PROFILE=1: wall seconds per op over the decode steps (issue 9).
+        if let Some(p) = model.op_profile() {
+            let ops: serde_json::Map<String, serde_json::Value> = p
+                .seconds
+                .iter()
+                .map(|(name, secs)| (name.to_string(), serde_json::json!(secs)))
+                .collect();
+            obj["decode_op_seconds"] = serde_json::Value::Object(ops);
+            obj["decode_op_steps"] = serde_json::json!(p.steps);
+        }
         println!("{obj}");
     } else {
         println!();
+        if let Some(p) = model.op_profile() {
+            let ops: Vec<String> = p
+                .seconds
+                .iter()
+                .map(|(name, secs)| format!("{name} {secs:.3} s"))
+                .collect();
+            eprintln!("decode op time over {} steps: {}", p.steps, ops.join(", "));
+        }
         tracing::info!(
             "{} prompt tokens at {:.1} tok/s, {} new tokens at {:.1} tok/s, stop: {}, load {:.2} s",
             t.prefill_tokens,
