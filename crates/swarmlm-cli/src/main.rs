@@ -40,6 +40,8 @@ enum Command {
     Verify(cmd::verify::Args),
     /// Generate text from a prompt with a local model.
     Run(cmd::run::Args),
+    /// Serve a model over an OpenAI-compatible HTTP API, seeding it meanwhile.
+    Serve(cmd::serve::Args),
     /// Measure a model's perplexity on a text file.
     Perplexity(cmd::perplexity::Args),
     /// Write a synthetic Mixtral checkpoint in the Hugging Face hub layout (tests, benchmarks).
@@ -64,6 +66,7 @@ fn main() -> ExitCode {
         Command::Create(args) => cmd::create::run(args),
         Command::Verify(args) => cmd::verify::run(args),
         Command::Run(args) => cmd::run::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
         Command::Perplexity(args) => cmd::perplexity::run(args),
         Command::Forge(args) => cmd::forge::run(args),
         Command::List(args) => cmd::list::run(args),

@@ -22,6 +22,8 @@ pub enum StopReason {
     MaxTokens,
     /// The text contains one of the stop strings (the text is cut before it).
     Stop,
+    /// The caller asked to stop (see [`generate_cancellable`]), e.g. its client went away.
+    Cancelled,
 }
 
 impl StopReason {
@@ -31,6 +33,7 @@ impl StopReason {
             StopReason::Eos => "eos",
             StopReason::MaxTokens => "max_tokens",
             StopReason::Stop => "stop",
+            StopReason::Cancelled => "cancelled",
         }
     }
 }
@@ -164,6 +167,29 @@ pub fn generate(
     prompt_ids: &[u32],
     opts: &GenerateOptions,
     sampler: &mut Sampler,
+    on_text: impl FnMut(&str),
+) -> Result<Generation> {
+    generate_cancellable(
+        model,
+        tokenizer,
+        prompt_ids,
+        opts,
+        sampler,
+        || false,
+        on_text,
+    )
+}
+
+/// [`generate`] that asks `cancelled` before the prefill and before every decode step, and ends
+/// with [`StopReason::Cancelled`] (keeping what was generated) as soon as it returns true: a
+/// server stops spending the CPU on a client that went away within one token.
+pub fn generate_cancellable(
+    model: &Model<'_>,
+    tokenizer: &Tokenizer,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+    sampler: &mut Sampler,
+    mut cancelled: impl FnMut() -> bool,
     mut on_text: impl FnMut(&str),
 ) -> Result<Generation> {
     let max_pos = model.shape().max_positions;
@@ -202,6 +228,14 @@ pub fn generate(
         });
     }
 
+    if cancelled() {
+        return Ok(Generation {
+            generated_ids: generated,
+            text: String::new(),
+            stop_reason: StopReason::Cancelled,
+            timings,
+        });
+    }
     let t0 = Instant::now();
     let logits = session.prefill(prompt_ids)?;
     let mut next = sampler.sample(logits, &history);
@@ -225,12 +259,15 @@ pub fn generate(
         if generated.len() >= opts.max_tokens || session.position() >= session.capacity() {
             break StopReason::MaxTokens;
         }
+        if cancelled() {
+            break StopReason::Cancelled;
+        }
         let logits = session.decode_step(next)?;
         next = sampler.sample(logits, &history);
         timings.decode_tokens += 1;
     };
     timings.decode = decode_start.elapsed();
-    if stop_reason != StopReason::Stop {
+    if stop_reason != StopReason::Stop && stop_reason != StopReason::Cancelled {
         if let Some(rest) = decoder.finish() {
             let (text, stopped) = filter.push(&rest);
             if !text.is_empty() {

@@ -24,7 +24,9 @@ pub mod tokenizer;
 
 pub use error::{EngineError, Result};
 pub use experts::{ExpertStore, ExpertWeights};
-pub use generate::{generate, GenerateOptions, Generation, StopReason, Timings};
+pub use generate::{
+    generate, generate_cancellable, GenerateOptions, Generation, StopReason, Timings,
+};
 pub use model::{KvCache, LogitsFor, Model, ModelShape, RouterTrace, TokenRoute};
 pub use pager::{Pager, PagerConfig, PagerStats};
 pub use perplexity::{perplexity, Perplexity};

@@ -10,5 +10,6 @@ pub mod perplexity;
 pub mod rm;
 pub mod run;
 pub mod seed;
+pub mod serve;
 pub mod verify;
 pub mod where_;
