@@ -128,13 +128,13 @@ pub fn pair_f32(key: u64, j: u64) -> (f32, f32) {
 /// Element `index` of the drawn tensor with key `key`, as bf16 bits.
 pub fn element_bf16(key: u64, index: u64) -> u16 {
     let (a, b) = pair_f32(key, index / 2);
-    bf16_bits(if index % 2 == 0 { a } else { b })
+    bf16_bits(if index.is_multiple_of(2) { a } else { b })
 }
 
 /// Fill `out` with elements `first, first+1, ...` of the drawn tensor `key`, as little-endian
 /// bf16 bytes (`out.len()` must be even; two bytes per element).
 pub fn fill_normal_bf16(key: u64, first: u64, out: &mut [u8]) {
-    debug_assert!(out.len() % 2 == 0);
+    debug_assert!(out.len().is_multiple_of(2));
     let mut idx = first;
     let mut rest = out;
     if idx % 2 == 1 && !rest.is_empty() {

@@ -214,7 +214,7 @@ impl Shape {
             }
             Some(_) => {}
             None => {
-                if self.hidden_size % self.num_attention_heads != 0 {
+                if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
                     return Err(bad(
                         "num_attention_heads",
                         self.num_attention_heads,
@@ -225,7 +225,7 @@ impl Shape {
                     ));
                 }
                 let d = self.hidden_size / self.num_attention_heads;
-                if d % 2 != 0 {
+                if !d.is_multiple_of(2) {
                     return Err(bad(
                         "head_dim",
                         format!("{d} (= hidden_size / num_attention_heads)"),
@@ -234,7 +234,10 @@ impl Shape {
                 }
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(bad(
                 "num_key_value_heads",
                 self.num_key_value_heads,

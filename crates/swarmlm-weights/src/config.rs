@@ -329,7 +329,10 @@ impl MixtralConfig {
                 return bad(field, "must be at least 1".into());
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return bad(
                 "num_key_value_heads",
                 format!(
@@ -338,7 +341,7 @@ impl MixtralConfig {
                 ),
             );
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return bad(
                 "head_dim",
                 format!("{} is odd; RoPE rotates pairs of dimensions", self.head_dim),

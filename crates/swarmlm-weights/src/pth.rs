@@ -136,7 +136,7 @@ pub fn parse_archive(path: &Path, bytes: &[u8]) -> Result<Vec<RawTensor>, Weight
         // Within the entry, so these cannot overflow.
         let start = se.start + t.offset * elem;
         let end = start + numel * elem;
-        if start % elem != 0 {
+        if !start.is_multiple_of(elem) {
             return Err(WeightsError::Misaligned {
                 file: path.to_path_buf(),
                 tensor: t.name.clone(),
