@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use swarmlm_engine::sampling::{Sampler, SamplingParams};
-use swarmlm_engine::{generate, GenerateOptions, Model};
+use swarmlm_engine::{GenerateOptions, Model};
 use swarmlm_manifest::{Manifest, VerifyOptions};
 use swarmlm_swarm::{
     Event, FetchOptions, SeedOptions, SeedTarget, SessionConfig, Source, SwarmError,
@@ -255,29 +255,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .write_all(args.prompt.as_bytes())
             .and_then(|_| out.flush());
     }
-    let mut write_failed = None;
-    let generation = generate(
+    let Some(generation) = super::run::generate_to_stdout(
         &model,
         &tokenizer,
         &prompt_ids,
         &opts,
         &mut sampler,
-        |text| {
-            if args.json || write_failed.is_some() {
-                return;
-            }
-            let mut out = stdout.lock();
-            if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
-                write_failed = Some(e);
-            }
-        },
-    )?;
-    if let Some(e) = write_failed {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(anyhow::Error::new(e).context("cannot write to stdout"));
-        }
+        !args.json,
+    )?
+    else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let decode_tokens_per_s = generation.timings.decode_tokens_per_s();
     let rate = |bytes: u64, secs: f64| {
         if secs > 0.0 {

@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::Context;
 use swarmlm_engine::sampling::{Sampler, SamplingParams};
 use swarmlm_engine::tokenizer::Tokenizer;
-use swarmlm_engine::{generate, locate, GenerateOptions, Model};
+use swarmlm_engine::{generate, locate, GenerateOptions, Generation, Model};
 use swarmlm_weights::Checkpoint;
 
 use crate::output::hint;
@@ -224,6 +224,35 @@ fn check_verified(dir: &std::path::Path) -> anyhow::Result<()> {
     ))
 }
 
+/// Generates, streaming the text to stdout as it becomes final when `stream` is set. `None`
+/// when stdout was closed under us (`| head`): not an error worth a message, but nothing more
+/// to print either.
+pub(crate) fn generate_to_stdout(
+    model: &Model<'_>,
+    tokenizer: &Tokenizer,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+    sampler: &mut Sampler,
+    stream: bool,
+) -> anyhow::Result<Option<Generation>> {
+    let stdout = std::io::stdout();
+    let mut write_failed = None;
+    let generation = generate(model, tokenizer, prompt_ids, opts, sampler, |text| {
+        if !stream || write_failed.is_some() {
+            return;
+        }
+        let mut out = stdout.lock();
+        if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+            write_failed = Some(e);
+        }
+    })?;
+    match write_failed {
+        Some(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(None),
+        Some(e) => Err(anyhow::Error::new(e).context("cannot write to stdout")),
+        None => Ok(Some(generation)),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let t_load = Instant::now();
     let (_dir, checkpoint, tokenizer) = open_model(&args.model)?;
@@ -279,32 +308,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_tokens: args.max_tokens,
         stop: args.stop.clone(),
     };
-    let stdout = std::io::stdout();
     let json = args.json;
-    let mut write_failed = None;
-    let generation = generate(
-        &model,
-        &tokenizer,
-        &prompt_ids,
-        &opts,
-        &mut sampler,
-        |text| {
-            if json || write_failed.is_some() {
-                return;
-            }
-            let mut out = stdout.lock();
-            if let Err(e) = out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
-                write_failed = Some(e);
-            }
-        },
-    )?;
-    if let Some(e) = write_failed {
-        // A closed pipe (`| head`) is not an error worth a message.
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(anyhow::Error::new(e).context("cannot write to stdout"));
-        }
+    let Some(generation) =
+        generate_to_stdout(&model, &tokenizer, &prompt_ids, &opts, &mut sampler, !json)?
+    else {
         return Ok(ExitCode::SUCCESS);
-    }
+    };
     let t = &generation.timings;
     args.pager.report(&model);
     if json {
