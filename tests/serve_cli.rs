@@ -242,3 +242,145 @@ fn the_official_openai_python_client_works() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }
+
+/// Anonymous resident bytes of a process (heap, KV caches, buffers: what a leak would grow).
+/// File-backed pages of the mapped weights are left out on purpose: they belong to the page
+/// cache and grow with whichever experts the prompts happen to route to.
+fn rss_anon_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .expect("RssAnon in /proc/PID/status")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib * 1024
+}
+
+/// One streamed completion over HTTP/1.0 (the server closes the connection at the end, so the
+/// body is the raw event stream). With `hang_up`, read the first event and drop the connection
+/// in the middle of the generation; otherwise return the concatenated text and whether the
+/// stream ended with a finish reason and `[DONE]`.
+fn stream_completion(
+    addr: SocketAddr,
+    prompt: &str,
+    max_tokens: u32,
+    hang_up: bool,
+) -> (String, bool) {
+    let mut s = TcpStream::connect_timeout(&addr, WATCHDOG).unwrap();
+    s.set_read_timeout(Some(WATCHDOG)).unwrap();
+    let body =
+        json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": true})
+            .to_string();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.0\r\nHost: {addr}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    if hang_up {
+        let mut first = [0u8; 512];
+        let n = s.read(&mut first).unwrap();
+        assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1."));
+        return (String::new(), false);
+    }
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.") && resp[9..12] == *"200",
+        "{resp}"
+    );
+    let events = &resp[resp.find("\r\n\r\n").unwrap() + 4..];
+    let (mut text, mut finished, mut done) = (String::new(), false, false);
+    for data in events
+        .split("\n\n")
+        .filter_map(|e| e.trim().strip_prefix("data: "))
+    {
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap();
+        text.push_str(v["choices"][0]["text"].as_str().unwrap_or(""));
+        finished |= v["choices"][0]["finish_reason"].is_string();
+    }
+    (text, finished && done)
+}
+
+fn wait_until_idle(addr: SocketAddr) {
+    let t0 = std::time::Instant::now();
+    loop {
+        let (_, v) = http(addr, "GET", "/health", None);
+        if v["running"] == 0 && v["waiting"] == 0 {
+            return;
+        }
+        assert!(t0.elapsed() < WATCHDOG, "generations still running: {v}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn memory_returns_to_idle_after_rounds_of_sixteen_streaming_clients() {
+    let home = tempfile::tempdir().unwrap();
+    let s = serve(
+        home.path(),
+        &["--no-seed", "--max-concurrent", "4", "--max-queue", "64"],
+    );
+    let prompt = "ROMEO.\n";
+    let (status, v) = http(
+        s.addr,
+        "POST",
+        "/v1/completions",
+        Some(&json!({"prompt": prompt, "max_tokens": 12, "temperature": 0})),
+    );
+    assert_eq!(status, 200, "{v}");
+    let expected = v["choices"][0]["text"].as_str().unwrap().to_string();
+    let idle = rss_anon_bytes(s.child.id());
+
+    let mut after = Vec::new();
+    for round in 0..3 {
+        let clients: Vec<_> = (0..16)
+            .map(|i| {
+                let addr = s.addr;
+                // Every fourth client asks for a long generation and hangs up after the first
+                // event: its generation must be cancelled and its memory given back.
+                std::thread::spawn(move || {
+                    if i % 4 == 0 {
+                        stream_completion(addr, prompt, 400, true)
+                    } else {
+                        stream_completion(addr, prompt, 12, false)
+                    }
+                })
+            })
+            .collect();
+        for (i, c) in clients.into_iter().enumerate() {
+            let (text, complete) = c.join().unwrap();
+            if i % 4 != 0 {
+                assert!(complete, "round {round}, client {i}: stream did not finish");
+                assert_eq!(text, expected, "round {round}, client {i}");
+            }
+        }
+        wait_until_idle(s.addr);
+        after.push(rss_anon_bytes(s.child.id()));
+    }
+    // Up to 4 generations ran at once (4 KV caches and scratch buffers); once idle the server
+    // must hold no more than it did idle before the load, give or take allocator slack.
+    let slack = 4 << 20;
+    for (round, &bytes) in after.iter().enumerate() {
+        assert!(
+            bytes <= idle + slack,
+            "round {round}: anonymous RSS {} MiB after the load, {} MiB idle before it",
+            bytes >> 20,
+            idle >> 20
+        );
+    }
+    eprintln!(
+        "anonymous RSS idle {} MiB, after each round {:?} MiB",
+        idle >> 20,
+        after.iter().map(|b| b >> 20).collect::<Vec<_>>()
+    );
+}
