@@ -406,6 +406,14 @@ struct Meta {
 }
 
 impl Meta {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.kind, chunk) {
+            (Kind::Completion, _) => "text_completion",
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+        }
+    }
+
     fn chunk(&self, text: Option<&str>, role: bool, finish: Option<&str>) -> Value {
         let choice = match self.kind {
             Kind::Completion => json!({
@@ -432,10 +440,7 @@ impl Meta {
         };
         let mut v = json!({
             "id": self.id,
-            "object": match self.kind {
-                Kind::Completion => "text_completion",
-                Kind::Chat => "chat.completion.chunk",
-            },
+            "object": self.object(true),
             "created": self.created,
             "model": self.model,
             "system_fingerprint": null,
@@ -450,10 +455,7 @@ impl Meta {
     fn usage_chunk(&self, f: &Finished) -> Value {
         json!({
             "id": self.id,
-            "object": match self.kind {
-                Kind::Completion => "text_completion",
-                Kind::Chat => "chat.completion.chunk",
-            },
+            "object": self.object(true),
             "created": self.created,
             "model": self.model,
             "system_fingerprint": null,
@@ -472,17 +474,14 @@ impl Meta {
             }),
             Kind::Chat => json!({
                 "index": 0,
-                "message": {"role": "assistant", "content": f.text},
+                "message": {"role": "assistant", "content": chat_content_start(&f.text)},
                 "logprobs": null,
                 "finish_reason": finish_reason(f.stop_reason),
             }),
         };
         json!({
             "id": self.id,
-            "object": match self.kind {
-                Kind::Completion => "text_completion",
-                Kind::Chat => "chat.completion",
-            },
+            "object": self.object(false),
             "created": self.created,
             "model": self.model,
             "system_fingerprint": null,
@@ -490,6 +489,14 @@ impl Meta {
             "usage": usage(f),
         })
     }
+}
+
+/// A chat answer is a message of its own, not a continuation of the prompt: like SentencePiece
+/// (and `transformers`' `decode` of the generated ids, and Mistral's own API) it does not start
+/// with the space that the first token's `▁` decodes to. Completions keep it: their text is
+/// appended to the prompt.
+fn chat_content_start(text: &str) -> &str {
+    text.strip_prefix(' ').unwrap_or(text)
 }
 
 fn sse(v: &Value) -> String {
@@ -562,15 +569,20 @@ async fn run(state: Arc<AppState>, p: Prepared) -> Result<Response, ApiError> {
 
     // One chunk of bytes per engine event; the receiver lives in the body stream, so hyper
     // dropping the body (client gone) closes the channel and cancels the job.
-    let body = stream::unfold(Some((rx, meta)), |st| async move {
-        let (mut rx, meta) = st?;
+    let at_start = meta.kind == Kind::Chat;
+    let body = stream::unfold(Some((rx, meta, at_start)), |st| async move {
+        let (mut rx, meta, mut at_start) = st?;
         loop {
             let out = match rx.recv().await {
                 Some(JobEvent::Started) => match meta.kind {
                     Kind::Chat => sse(&meta.chunk(Some(""), true, None)),
                     Kind::Completion => continue,
                 },
-                Some(JobEvent::Text(t)) => sse(&meta.chunk(Some(&t), false, None)),
+                Some(JobEvent::Text(t)) => {
+                    let text = if at_start { chat_content_start(&t) } else { &t };
+                    at_start &= t.is_empty();
+                    sse(&meta.chunk(Some(text), false, None))
+                }
                 Some(JobEvent::Done(Ok(f))) if f.stop_reason != StopReason::Cancelled => {
                     let mut s = sse(&meta.chunk(
                         (meta.kind == Kind::Completion).then_some(""),
@@ -592,7 +604,7 @@ async fn run(state: Arc<AppState>, p: Prepared) -> Result<Response, ApiError> {
                     return Some((Ok(Bytes::from(s)), None));
                 }
             };
-            return Some((Ok(Bytes::from(out)), Some((rx, meta))));
+            return Some((Ok(Bytes::from(out)), Some((rx, meta, at_start))));
         }
     });
     Ok((
@@ -603,4 +615,17 @@ async fn run(state: Arc<AppState>, p: Prepared) -> Result<Response, ApiError> {
         Body::from_stream(body),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chat_content_start;
+
+    #[test]
+    fn a_chat_answer_drops_only_the_first_tokens_space() {
+        assert_eq!(chat_content_start(" Hello there"), "Hello there");
+        assert_eq!(chat_content_start("  indented"), " indented");
+        assert_eq!(chat_content_start("\n\nSweet"), "\n\nSweet");
+        assert_eq!(chat_content_start(""), "");
+    }
 }

@@ -261,7 +261,9 @@ async fn completions_and_chat_equal_greedy_generation_streamed_or_not() {
         content: "Who is there?".into(),
     }];
     let chat_ids = swarmlm_serve::chat::chat_ids(&tok, &messages).unwrap();
-    let expected_chat = greedy(&dir, &chat_ids, 20);
+    // The message content drops the leading space that the first token's `▁` decodes to.
+    let continuation = greedy(&dir, &chat_ids, 20);
+    let expected_chat = continuation.strip_prefix(' ').unwrap_or(&continuation);
     let body = json!({
         "model": "shakespeare-moe",
         "messages": [{"role": "user", "content": "Who is there?"}],
