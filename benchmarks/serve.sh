@@ -10,6 +10,9 @@
 # ROUNDS rounds per concurrency level. The load generator is plain Python (http.client).
 # llama.cpp needs the model as GGUF: pass GGUF=..., or set CONVERT=/path/convert_hf_to_gguf.py
 # to convert the forged folder (bf16). Without llama_cpp the table has swarmlm alone.
+# llama-cpp-python runs with --interrupt_requests False: by default a new request aborts the
+# stream in progress, which is not a queue. It sends no usage chunk, so its tokens are counted
+# as streamed chunks (one per token).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -52,6 +55,7 @@ def one(port, model, tokens, out):
     assert r.status == 200, r.read()
     first = None
     n = 0
+    pieces = 0
     buf = b""
     while True:
         chunk = r.read1(65536) if hasattr(r, "read1") else r.read(1)
@@ -65,11 +69,13 @@ def one(port, model, tokens, out):
                 continue
             v = json.loads(data)
             if v.get("choices") and v["choices"][0].get("text"):
+                pieces += 1
                 if first is None:
                     first = time.perf_counter() - t0
             if v.get("usage"):
                 n = v["usage"]["completion_tokens"]
-    out.append((first if first is not None else time.perf_counter() - t0, n, time.perf_counter() - t0))
+    # llama-cpp-python's server sends no usage chunk; it streams one chunk per token.
+    out.append((first if first is not None else time.perf_counter() - t0, n or pieces, time.perf_counter() - t0))
 
 def level(port, model, tokens, clients, rounds):
     res = []
@@ -127,7 +133,7 @@ if [[ -z "${GGUF:-}" ]]; then
 fi
 echo "== llama.cpp server (llama-cpp-python, $THREADS threads)" >&2
 "$PYTHON" -m llama_cpp.server --model "$GGUF" --model_alias small --host 127.0.0.1 --port "$LPORT" \
-    --n_threads "$THREADS" --n_ctx 2048 >"$WORK/llama.log" 2>&1 &
+    --n_threads "$THREADS" --n_ctx 2048 --interrupt_requests False >"$WORK/llama.log" 2>&1 &
 PIDS+=($!)
 LPID=$!
 wait_ready "$LPORT"
