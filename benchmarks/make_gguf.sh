@@ -51,6 +51,16 @@ if [[ ! -f "$SRC/convert_hf_to_gguf.py" ]]; then
 fi
 
 mkdir -p "$(dirname "$OUT")"
+# Refuse before converting rather than fill the disk part-way: the GGUF is about the size of the
+# bf16 safetensors (twice that at f32), and 2 GiB stays free for everything else.
+src_bytes=$(du -cb "$HF_DIR"/*.safetensors | tail -1 | cut -f1)
+case "$TYPE" in f32) need=$((src_bytes * 2)) ;; q8_0) need=$((src_bytes * 53 / 100)) ;; *) need=$src_bytes ;; esac
+free=$(($(df -B1 --output=avail "$(dirname "$OUT")" | tail -1)))
+if ((free < need + (2 << 30))); then
+    echo "make_gguf.sh: $OUT needs about $((need >> 20)) MiB and $(dirname "$OUT") has $((free >> 20)) MiB free" \
+        "(2 GiB must stay free); free some space or convert elsewhere" >&2
+    exit 1
+fi
 TMP="$OUT.partial"
 rm -f "$TMP"
 echo "make_gguf.sh: $HF_DIR -> $OUT ($TYPE)" >&2
