@@ -32,6 +32,9 @@ pub const GENERATOR: &str = "splitmix64-boxmuller-f32-v1";
 /// Standard deviation of the drawn weights (the hub's `initializer_range`).
 pub const STD: f32 = 0.02;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+
 const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// bf16 bits of 1.0, the value of every RMSNorm weight.
@@ -111,10 +114,21 @@ pub fn bf16_bits(x: f32) -> u16 {
     ((b + 0x7fff + ((b >> 16) & 1)) >> 16) as u16
 }
 
+/// The random word behind pair `j` of the stream `key`.
+#[inline(always)]
+fn pair_word(key: u64, j: u64) -> u64 {
+    mix64(key.wrapping_add(j.wrapping_add(1).wrapping_mul(GAMMA)))
+}
+
 /// The two f32 values of pair `j` of the stream `key`.
 #[inline(always)]
 pub fn pair_f32(key: u64, j: u64) -> (f32, f32) {
-    let z = mix64(key.wrapping_add(j.wrapping_add(1).wrapping_mul(GAMMA)));
+    pair_from_word(pair_word(key, j))
+}
+
+/// Box–Muller from one random word: the part of the definition after the integer hashing.
+#[inline(always)]
+fn pair_from_word(z: u64) -> (f32, f32) {
     let u1 = (((z >> 40) + 1) as u32 as f32) * (1.0 / 16_777_216.0);
     let u2 = (((z >> 16) & 0x00ff_ffff) as u32 as f32) * (1.0 / 16_777_216.0);
     let sign = f32::from_bits(0x3f80_0000 | (((z & 1) as u32) << 31));
@@ -132,8 +146,13 @@ pub fn element_bf16(key: u64, index: u64) -> u16 {
 }
 
 /// Fill `out` with elements `first, first+1, ...` of the drawn tensor `key`, as little-endian
-/// bf16 bytes (`out.len()` must be even; two bytes per element).
+/// bf16 bytes (`out.len()` must be even; two bytes per element). Uses the AVX2 path when the CPU
+/// has it; the bytes are the same either way.
 pub fn fill_normal_bf16(key: u64, first: u64, out: &mut [u8]) {
+    fill_normal_bf16_with(key, first, out, true)
+}
+
+fn fill_normal_bf16_with(key: u64, first: u64, out: &mut [u8], vector: bool) {
     debug_assert!(out.len().is_multiple_of(2));
     let mut idx = first;
     let mut rest = out;
@@ -144,14 +163,22 @@ pub fn fill_normal_bf16(key: u64, first: u64, out: &mut [u8]) {
         idx += 1;
     }
     let mut j = idx / 2;
-    let mut quads = rest.chunks_exact_mut(4);
-    for q in &mut quads {
+    let whole = rest.len() & !3;
+    let (mut body, tail) = rest.split_at_mut(whole);
+    #[cfg(target_arch = "x86_64")]
+    if vector {
+        let done = avx2::fill_pairs(key, j, body);
+        body = &mut body[done * 4..];
+        j += done as u64;
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = vector;
+    for q in body.chunks_exact_mut(4) {
         let (a, b) = pair_f32(key, j);
         let bits = u32::from(bf16_bits(a)) | (u32::from(bf16_bits(b)) << 16);
         q.copy_from_slice(&bits.to_le_bytes());
         j += 1;
     }
-    let tail = quads.into_remainder();
     if tail.len() == 2 {
         let (a, _) = pair_f32(key, j);
         tail.copy_from_slice(&bf16_bits(a).to_le_bytes());
@@ -241,6 +268,94 @@ mod tests {
             fill_normal_bf16(key, split, b);
             assert_eq!(parts, whole, "split at {split}");
         }
+    }
+
+    /// The scalar definition of the four bytes of pair `j`.
+    fn scalar_word(z: u64) -> u32 {
+        let (a, b) = pair_from_word(z);
+        u32::from(bf16_bits(a)) | (u32::from(bf16_bits(b)) << 16)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn check_words(z: &[u64; 8]) {
+        let Some(got) = avx2::words_from_z(z) else {
+            return;
+        };
+        for i in 0..8 {
+            assert_eq!(got[i], scalar_word(z[i]), "word {:#018x}", z[i]);
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_words_equal_scalar_for_every_u1_and_u2() {
+        if !avx2::detected() {
+            eprintln!("no AVX2 on this CPU: only the scalar path exists here");
+            return;
+        }
+        // Every 24-bit value of u1 (bits 40..64) meets a different u2 (bits 16..40, an odd
+        // multiplier is a bijection mod 2^24), with both signs and noise in the unused bits.
+        let mut z = [0u64; 8];
+        for base in (0u64..1 << 24).step_by(8) {
+            for (i, w) in z.iter_mut().enumerate() {
+                let k = base + i as u64;
+                let u2 = k.wrapping_mul(0x9e_3779) & 0xff_ffff;
+                *w = (k << 40) | (u2 << 16) | (mix64(k) & 0xffff);
+            }
+            check_words(&z);
+        }
+        // The ends of both ranges, in every lane position.
+        let ends = [0u64, 1, 0xff_fffe, 0xff_ffff, 0x80_0000, 0x7f_ffff];
+        for &a in &ends {
+            for &b in &ends {
+                for low in [0u64, 1, 0xffff, 0xfffe] {
+                    let w = (a << 40) | (b << 16) | low;
+                    check_words(&[w, !w, w, w ^ 1, 0, u64::MAX, w, w]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn vector_fill_equals_scalar_fill() {
+        // Many keys, starts (odd and even, near the counter's wrap-around) and lengths (odd
+        // numbers of elements, shorter and longer than one vector step).
+        let mut z = 99u64;
+        let mut rand = || {
+            z = mix64(z.wrapping_add(GAMMA));
+            z
+        };
+        let starts = [
+            0u64,
+            1,
+            2,
+            7,
+            15,
+            16,
+            17,
+            u64::MAX - 40,
+            u64::MAX - 41,
+            1 << 40,
+        ];
+        for seed in 0..20u64 {
+            let key = tensor_key(seed, &format!("t{seed}"));
+            for &first in starts.iter().chain(&[rand() >> 2, rand() >> 2]) {
+                for n in [0usize, 1, 2, 3, 15, 16, 17, 31, 33, 64, 1000, 4099] {
+                    let mut v = vec![0u8; n * 2];
+                    let mut s = vec![0xa5u8; n * 2];
+                    fill_normal_bf16_with(key, first, &mut v, true);
+                    fill_normal_bf16_with(key, first, &mut s, false);
+                    assert!(v == s, "seed {seed} first {first} n {n}");
+                }
+            }
+        }
+        // A long run: 2^20 elements of one stream.
+        let key = tensor_key(5, "model.layers.1.block_sparse_moe.experts.7.w2.weight");
+        let mut v = vec![0u8; 2 << 20];
+        let mut s = vec![0u8; 2 << 20];
+        fill_normal_bf16_with(key, 3, &mut v, true);
+        fill_normal_bf16_with(key, 3, &mut s, false);
+        assert!(v == s);
     }
 
     #[test]
