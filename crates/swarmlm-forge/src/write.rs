@@ -122,8 +122,10 @@ fn stream_shard(
         let (full_tx, full_rx) = mpsc::sync_channel::<Vec<u8>>(1);
         let (empty_tx, empty_rx) = mpsc::channel::<Vec<u8>>();
         let writer = scope.spawn(move || -> std::io::Result<File> {
+            let mut flush = Writeback::new(shard.prefix.len() as u64);
             for buf in full_rx {
                 file.write_all(&buf)?;
+                flush.wrote(&file, buf.len() as u64);
                 // The generator may have stopped already; a lost buffer is then fine.
                 let _ = empty_tx.send(buf);
             }
@@ -159,6 +161,73 @@ fn stream_shard(
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })
+}
+
+/// Keeps the disk busy from the first buffer on, instead of letting the kernel collect
+/// gigabytes of dirty pages and write them only at the shard's closing fsync (while generation
+/// waits): each written buffer is handed to writeback at once, and the writer waits for data
+/// older than [`Writeback::LAG`], so at most that much is dirty and the fsync is short.
+struct Writeback {
+    /// File offset where the next write lands.
+    end: u64,
+    /// Everything before this offset is known to be on disk.
+    done: u64,
+}
+
+impl Writeback {
+    /// Dirty data allowed in flight: enough for the device to stream at full speed.
+    const LAG: u64 = 64 << 20;
+
+    fn new(start: u64) -> Writeback {
+        Writeback {
+            end: start,
+            done: 0,
+        }
+    }
+
+    /// `len` bytes were just written at the current end of `file`.
+    fn wrote(&mut self, file: &File, len: u64) {
+        let start = self.end;
+        self.end += len;
+        // Both calls are only hints to the kernel about when to write: a failure here changes
+        // no data, and any I/O error is reported again by the fsync that publishes the file.
+        let _ = sync_range(file, start, len, false);
+        if self.end - self.done > 2 * Self::LAG {
+            let upto = self.end - Self::LAG;
+            let _ = sync_range(file, self.done, upto - self.done, true);
+            self.done = upto;
+        }
+    }
+}
+
+/// Start writeback of `len` bytes at `offset` of `file`, and with `wait` also wait until they
+/// are on disk (Linux `sync_file_range`; elsewhere the kernel decides alone).
+#[cfg(target_os = "linux")]
+fn sync_range(file: &File, offset: u64, len: u64, wait: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let flags = if wait {
+        libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER
+    } else {
+        libc::SYNC_FILE_RANGE_WRITE
+    };
+    let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return Ok(());
+    };
+    // SAFETY: a plain system call on an open descriptor that `file` keeps alive; no memory is
+    // passed.
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, flags) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sync_range(_file: &File, _offset: u64, _len: u64, _wait: bool) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// Fill `buf`, which holds data bytes `pos..pos+buf.len()` of the shard, in parallel.
