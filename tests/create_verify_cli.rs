@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use sha2::Digest as _;
-use swarmlm_e2e::swarmlm;
+use swarmlm_e2e::{output_ok, swarmlm};
 
 fn model(dir: &Path) {
     std::fs::create_dir_all(dir.join("sub")).unwrap();
@@ -22,24 +22,14 @@ fn create_then_verify_round_trip() {
     model(&dir);
 
     // Defaults: <name>.torrent and <name>.toml in the current directory; magnet on stdout.
-    let out = swarmlm(home.path())
-        .current_dir(work.path())
-        .args([
-            "create",
-            "tiny-model",
-            "--name",
-            "tiny",
-            "--piece-size",
-            "16384",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = output_ok(swarmlm(home.path()).current_dir(work.path()).args([
+        "create",
+        "tiny-model",
+        "--name",
+        "tiny",
+        "--piece-size",
+        "16384",
+    ]));
     let magnet = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(magnet.starts_with("magnet:?xt=urn:btih:"), "{magnet}");
     assert!(magnet.ends_with("&dn=tiny"), "{magnet}");
@@ -58,25 +48,15 @@ fn create_then_verify_round_trip() {
     assert!(manifest.contains("piece_length = 16384"));
 
     // Running again with the same result is fine; JSON mode reports the same hash.
-    let out = swarmlm(home.path())
-        .current_dir(work.path())
-        .args([
-            "create",
-            "tiny-model",
-            "--name",
-            "tiny",
-            "--piece-size",
-            "16384",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = output_ok(swarmlm(home.path()).current_dir(work.path()).args([
+        "create",
+        "tiny-model",
+        "--name",
+        "tiny",
+        "--piece-size",
+        "16384",
+        "--json",
+    ]));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["info_hash"], info_hash);
     assert_eq!(v["files"], 3);
@@ -98,18 +78,12 @@ fn create_then_verify_round_trip() {
 
     // Verify: all OK, exit 0, record written.
     let toml = work.path().join("tiny.toml");
-    let out = swarmlm(home.path())
-        .arg("verify")
-        .arg(&dir)
-        .arg("--manifest")
-        .arg(&toml)
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        swarmlm(home.path())
+            .arg("verify")
+            .arg(&dir)
+            .arg("--manifest")
+            .arg(&toml),
     );
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(

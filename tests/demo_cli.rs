@@ -1,18 +1,14 @@
 //! End-to-end: `swarmlm demo` (seeder + fetch by magnet + verify + generate in one process) and
 //! the reproducibility of the catalogue entry it fetches, `magnets/shakespeare-moe.toml`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use swarmlm_e2e::swarmlm;
+use swarmlm_e2e::{output_ok, repo_root, swarmlm};
 
 /// Pinned: the info hash `swarmlm create` gives the model files of assets/models/shakespeare-moe.
 const INFO_HASH: &str = "691d58ac285de6f16bfdd3cf4b6904c5126509d6";
 /// The sum of the model files' sizes (the manifest's `total_size`).
 const MODEL_BYTES: u64 = 18_402_953;
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 fn demo(home: &Path, keep: &Path, extra: &[&str]) -> serde_json::Value {
     let out = swarmlm(home)
@@ -126,7 +122,8 @@ fn field(toml: &str, key: &str) -> String {
 
 #[test]
 fn shakespeare_manifest_is_what_create_makes_of_the_bundled_model() {
-    let published = std::fs::read_to_string(repo().join("magnets/shakespeare-moe.toml")).unwrap();
+    let published =
+        std::fs::read_to_string(repo_root().join("magnets/shakespeare-moe.toml")).unwrap();
     let work = tempfile::tempdir().unwrap();
     let dir = work.path().join("shakespeare-moe");
     std::fs::create_dir(&dir).unwrap();
@@ -138,28 +135,22 @@ fn shakespeare_manifest_is_what_create_makes_of_the_bundled_model() {
         .collect();
     assert_eq!(paths.len(), 11);
     assert!(paths.iter().all(|p| !p.starts_with("reference")));
-    let source = repo().join("assets/models/shakespeare-moe");
+    let source = repo_root().join("assets/models/shakespeare-moe");
     for p in &paths {
         std::fs::copy(source.join(p), dir.join(p)).unwrap();
     }
     let out_toml = work.path().join("m.toml");
-    let out = swarmlm(work.path())
-        .arg("create")
-        .arg(&dir)
-        .args(["--license", &field(&published, "license")])
-        .args(["--source", &field(&published, "source")])
-        .args(["--description", &field(&published, "description")])
-        .arg("--out")
-        .arg(&out_toml)
-        .arg("--torrent-out")
-        .arg(work.path().join("m.torrent"))
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = output_ok(
+        swarmlm(work.path())
+            .arg("create")
+            .arg(&dir)
+            .args(["--license", &field(&published, "license")])
+            .args(["--source", &field(&published, "source")])
+            .args(["--description", &field(&published, "description")])
+            .arg("--out")
+            .arg(&out_toml)
+            .arg("--torrent-out")
+            .arg(work.path().join("m.torrent")),
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),

@@ -64,6 +64,22 @@ pub fn output(cmd: &mut Command) -> (i32, String, String) {
     )
 }
 
+/// Runs `cmd` with stdin closed, fails the test with its stderr unless it exited 0, and
+/// returns its output.
+pub fn output_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run swarmlm");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Writes a model folder `root/name` as `swarmlm fetch` leaves one: `files` in place, `partial`
 /// files in the partial area, and `.swarmlm/manifest.toml` pinning the size and SHA-256 of both
 /// (format hf-safetensors, the given magnet).

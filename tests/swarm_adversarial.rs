@@ -11,8 +11,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-const T: Duration = Duration::from_secs(90);
-
 /// A copy of the model's folder for aria2c with every byte of every file flipped.
 fn corrupt_copy(model: &Model, root: &Path) -> std::path::PathBuf {
     // aria2c puts a multi-file torrent under <dir>/<name>/.
@@ -41,14 +39,11 @@ fn honest_and_corrupting_seeder_gives_verified_result_and_names_the_bad_peer() {
     let bad = CorruptPeer::start(&model);
 
     let out = tmp.path().join("out");
-    let o = run_with_timeout(
-        fetch_cmd(
-            &home,
-            &model.manifest_path.display().to_string(),
-            &out,
-            &[bad.addr, honest.listen],
-        ),
-        T,
+    let o = run_fetch(
+        &home,
+        &model.manifest_arg(),
+        &out,
+        &[bad.addr, honest.listen],
     );
     assert!(o.status.success(), "{}", text(&o));
     assert!(bad.served.load(std::sync::atomic::Ordering::SeqCst) > 0);
@@ -84,15 +79,10 @@ fn only_a_corrupting_seeder_fails_within_the_stall_timeout_and_marks_nothing_ver
 
     let out = tmp.path().join("out");
     let bad_addr: std::net::SocketAddr = format!("127.0.0.1:{bad_port}").parse().unwrap();
-    let mut cmd = fetch_cmd(
-        &home,
-        &model.torrent_path.display().to_string(),
-        &out,
-        &[bad_addr],
-    );
+    let mut cmd = fetch_cmd(&home, &model.torrent_arg(), &out, &[bad_addr]);
     cmd.args(["--stall-timeout", "8s"]);
     let started = Instant::now();
-    let o = run_with_timeout(cmd, T);
+    let o = run_with_timeout(cmd, FETCH_TIMEOUT);
     let took = started.elapsed();
     let _ = bad.kill();
     let _ = bad.wait();
@@ -135,10 +125,7 @@ fn manifest_disagreeing_with_the_swarm_fails_and_leaves_the_file_partial() {
     )
     .unwrap();
     let out = tmp.path().join("out");
-    let o = run_with_timeout(
-        fetch_cmd(&home, &lying.display().to_string(), &out, &[seeder.listen]),
-        T,
-    );
+    let o = run_fetch(&home, &lying.display().to_string(), &out, &[seeder.listen]);
     no_panic(&o);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -169,15 +156,7 @@ fn existing_different_file_is_never_overwritten() {
     let out = tmp.path().join("out");
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(out.join("config.json"), b"my own config").unwrap();
-    let o = run_with_timeout(
-        fetch_cmd(
-            &home,
-            &model.manifest_path.display().to_string(),
-            &out,
-            &[seeder.listen],
-        ),
-        T,
-    );
+    let o = run_fetch(&home, &model.manifest_arg(), &out, &[seeder.listen]);
     no_panic(&o);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("refusing to overwrite"));
@@ -202,7 +181,7 @@ fn magnet_with_no_reachable_peer_fails_within_the_timeout() {
     );
     cmd.args(["--stall-timeout", "3s"]);
     let started = Instant::now();
-    let o = run_with_timeout(cmd, T);
+    let o = run_with_timeout(cmd, FETCH_TIMEOUT);
     no_panic(&o);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(started.elapsed() < Duration::from_secs(30));
@@ -273,7 +252,7 @@ fn bad_inputs_give_clear_errors_without_panics() {
 
     for (input, expect) in &cases {
         let started = Instant::now();
-        let o = run_with_timeout(fetch_cmd(&home, input, &out, &[]), T);
+        let o = run_fetch(&home, input, &out, &[]);
         no_panic(&o);
         assert_eq!(o.status.code(), Some(1), "{input}: {}", text(&o));
         let err = String::from_utf8_lossy(&o.stderr);
@@ -297,7 +276,7 @@ fn bad_inputs_give_clear_errors_without_panics() {
             c.args(["fetch", magnet, "--stall-timeout", "soon"]);
             c
         },
-        T,
+        FETCH_TIMEOUT,
     );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
 }
@@ -315,7 +294,7 @@ fn seed_refuses_a_folder_whose_file_rotted_on_disk() {
             .arg(dir)
             .args(["--listen", "127.0.0.1:0", "--no-dht"])
             .args(extra);
-        run_with_timeout(cmd, T)
+        run_with_timeout(cmd, FETCH_TIMEOUT)
     };
     let refused = |o: &std::process::Output| {
         no_panic(o);

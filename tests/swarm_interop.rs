@@ -98,15 +98,7 @@ fn aria2c_downloads_from_swarmlm_seed_and_swarmlm_fetches_from_aria2c() {
     wait_listening(aria_port, Duration::from_secs(30));
     let out = tmp.path().join("out");
     let peer = format!("127.0.0.1:{aria_port}").parse().unwrap();
-    let o = run_with_timeout(
-        fetch_cmd(
-            &home,
-            &model.manifest_path.display().to_string(),
-            &out,
-            &[peer],
-        ),
-        T,
-    );
+    let o = run_with_timeout(fetch_cmd(&home, &model.manifest_arg(), &out, &[peer]), T);
     let _ = aria_seed.kill();
     let _ = aria_seed.wait();
     assert!(o.status.success(), "fetch from aria2c: {}", text(&o));

@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-const T: Duration = Duration::from_secs(90);
-
 #[test]
 fn fetch_by_magnet_manifest_and_torrent_gives_identical_verified_files() {
     let tmp = scratch();
@@ -26,12 +24,12 @@ fn fetch_by_magnet_manifest_and_torrent_gives_identical_verified_files() {
 
     let sources = [
         ("magnet", seeder.magnet.clone()),
-        ("manifest", model.manifest_path.display().to_string()),
-        ("torrent", model.torrent_path.display().to_string()),
+        ("manifest", model.manifest_arg()),
+        ("torrent", model.torrent_arg()),
     ];
     for (label, source) in sources {
         let out = tmp.path().join(format!("out-{label}"));
-        let o = run_with_timeout(fetch_cmd(&home, &source, &out, &[seeder.listen]), T);
+        let o = run_fetch(&home, &source, &out, &[seeder.listen]);
         assert!(o.status.success(), "fetch by {label}: {}", text(&o));
         assert_identical(&model, &out);
         assert_recorded(&model, &out);
@@ -65,15 +63,7 @@ fn fetch_by_magnet_manifest_and_torrent_gives_identical_verified_files() {
 
     // Fetching again into a complete folder downloads nothing and keeps the files.
     let out = tmp.path().join("out-manifest");
-    let o = run_with_timeout(
-        fetch_cmd(
-            &home,
-            &model.manifest_path.display().to_string(),
-            &out,
-            &[seeder.listen],
-        ),
-        T,
-    );
+    let o = run_fetch(&home, &model.manifest_arg(), &out, &[seeder.listen]);
     assert!(o.status.success(), "refetch: {}", text(&o));
     let events = json_events(&o);
     assert_eq!(
@@ -100,13 +90,8 @@ fn two_leechers_at_once_and_a_finished_leecher_seeds_a_third() {
     let mut cmd1 = fetch_cmd(&home, &model.magnet, &out1, &[seeder.listen]);
     cmd1.arg("--seed");
     let out2 = tmp.path().join("leecher2");
-    let cmd2 = fetch_cmd(
-        &home,
-        &model.manifest_path.display().to_string(),
-        &out2,
-        &[seeder.listen],
-    );
-    let second = std::thread::spawn(move || run_with_timeout(cmd2, T));
+    let cmd2 = fetch_cmd(&home, &model.manifest_arg(), &out2, &[seeder.listen]);
+    let second = std::thread::spawn(move || run_with_timeout(cmd2, FETCH_TIMEOUT));
     let leecher1 = spawn_seeding(cmd1);
     let o2 = second.join().unwrap();
     assert!(o2.status.success(), "leecher 2: {}", text(&o2));
@@ -117,15 +102,7 @@ fn two_leechers_at_once_and_a_finished_leecher_seeds_a_third() {
 
     // The original seeder is gone: the third fetch can only get the bytes from leecher 1.
     let out3 = tmp.path().join("leecher3");
-    let o3 = run_with_timeout(
-        fetch_cmd(
-            &home,
-            &model.torrent_path.display().to_string(),
-            &out3,
-            &[leecher1.listen],
-        ),
-        T,
-    );
+    let o3 = run_fetch(&home, &model.torrent_arg(), &out3, &[leecher1.listen]);
     assert!(o3.status.success(), "leecher 3: {}", text(&o3));
     assert_identical(&model, &out3);
     assert!(leecher1.stop(), "fetch --seed exits cleanly on SIGTERM");
@@ -142,12 +119,7 @@ fn kill_dash_nine_part_way_then_rerun_completes_without_refetching() {
     let seeder = start_seeder(&home, &model.dir, &["--upload-limit", "1536K"]);
     let out = tmp.path().join("out");
 
-    let mut cmd = fetch_cmd(
-        &home,
-        &model.manifest_path.display().to_string(),
-        &out,
-        &[seeder.listen],
-    );
+    let mut cmd = fetch_cmd(&home, &model.manifest_arg(), &out, &[seeder.listen]);
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -155,7 +127,7 @@ fn kill_dash_nine_part_way_then_rerun_completes_without_refetching() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let deadline = Instant::now() + T;
+    let deadline = Instant::now() + FETCH_TIMEOUT;
     let mut have_at_kill = 0;
     for line in BufReader::new(stdout).lines() {
         assert!(Instant::now() < deadline, "no progress before the deadline");
@@ -177,15 +149,7 @@ fn kill_dash_nine_part_way_then_rerun_completes_without_refetching() {
     child.wait().unwrap();
     assert!(out.join(".swarmlm/partial").exists());
 
-    let o = run_with_timeout(
-        fetch_cmd(
-            &home,
-            &model.manifest_path.display().to_string(),
-            &out,
-            &[seeder.listen],
-        ),
-        T,
-    );
+    let o = run_fetch(&home, &model.manifest_arg(), &out, &[seeder.listen]);
     assert!(o.status.success(), "rerun: {}", text(&o));
     assert_identical(&model, &out);
     assert_recorded(&model, &out);

@@ -52,6 +52,16 @@ impl Model {
     pub fn total_len(&self) -> u64 {
         self.files.iter().map(|(_, d)| d.len() as u64).sum()
     }
+
+    /// The manifest copy outside the folder, as a `fetch` source argument.
+    pub fn manifest_arg(&self) -> String {
+        self.manifest_path.display().to_string()
+    }
+
+    /// The .torrent copy outside the folder, as a `fetch` source argument.
+    pub fn torrent_arg(&self) -> String {
+        self.torrent_path.display().to_string()
+    }
 }
 
 /// Bencoding for the few value kinds a torrent needs.
@@ -323,6 +333,15 @@ pub fn fetch_cmd(home: &Path, source: &str, out: &Path, peers: &[SocketAddr]) ->
         cmd.arg("--peer").arg(p.to_string());
     }
     cmd
+}
+
+/// The watchdog on one `swarmlm` run in these tests: far above what a loopback transfer of a
+/// few MB takes, so only a hang reaches it.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Runs `swarmlm fetch` (see [`fetch_cmd`]) to completion, killed after [`FETCH_TIMEOUT`].
+pub fn run_fetch(home: &Path, source: &str, out: &Path, peers: &[SocketAddr]) -> Output {
+    run_with_timeout(fetch_cmd(home, source, out, peers), FETCH_TIMEOUT)
 }
 
 /// A running `swarmlm seed` (or `fetch --seed`) process; killed on drop.

@@ -532,21 +532,9 @@ async fn fetch_in_session(
             )),
             ..Default::default()
         };
-        let added = session
-            .inner()
-            .add_torrent(
-                AddTorrent::from_bytes(listed.torrent_bytes.clone()),
-                Some(add_opts),
-            )
-            .await
-            .map_err(|e| SwarmError::AddTorrent {
-                info_hash: info_hash.clone(),
-                reason: format!("{e:#}"),
-            })?;
-        let handle = added.into_handle().ok_or_else(|| SwarmError::AddTorrent {
-            info_hash: info_hash.clone(),
-            reason: "librqbit returned no handle".into(),
-        })?;
+        let handle = session
+            .add_torrent_bytes(listed.torrent_bytes.to_vec(), add_opts, &info_hash)
+            .await?;
 
         {
             let r = download(

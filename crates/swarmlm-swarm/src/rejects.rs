@@ -160,6 +160,7 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let tap = Dispatch::new(Tap { inner, max_level });
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(crate::session::RUNTIME_BLOCKING_THREADS)
         .thread_name("swarmlm-net")
         .on_thread_start(move || {
             // The guard restores the previous default when dropped; the thread lives exactly

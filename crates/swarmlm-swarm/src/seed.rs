@@ -11,7 +11,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use librqbit::{AddTorrent, AddTorrentOptions};
+use librqbit::AddTorrentOptions;
 use swarmlm_manifest::{Magnet, Manifest, VerifyOptions};
 
 use crate::create::{create_torrent, CreateOptions, PieceSize};
@@ -236,25 +236,17 @@ async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SwarmError> {
     let info_hash = hex::encode(target.manifest.info_hash);
-    let added = session
-        .inner()
-        .add_torrent(
-            AddTorrent::from_bytes(target.torrent_bytes.clone()),
-            Some(AddTorrentOptions {
+    let handle = session
+        .add_torrent_bytes(
+            target.torrent_bytes.clone(),
+            AddTorrentOptions {
                 overwrite: true,
                 output_folder: Some(target.dir.to_string_lossy().into_owned()),
                 ..Default::default()
-            }),
+            },
+            &info_hash,
         )
-        .await
-        .map_err(|e| SwarmError::AddTorrent {
-            info_hash: info_hash.clone(),
-            reason: format!("{e:#}"),
-        })?;
-    let handle = added.into_handle().ok_or_else(|| SwarmError::AddTorrent {
-        info_hash: info_hash.clone(),
-        reason: "librqbit returned no handle".into(),
-    })?;
+        .await?;
     handle
         .wait_until_initialized()
         .await

@@ -11,16 +11,27 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use librqbit::{
-    DhtSessionConfig, ListenerMode, ListenerOptions, Session, SessionOptions,
-    SessionPersistenceConfig,
+    AddTorrent, AddTorrentOptions, DhtSessionConfig, ListenerMode, ListenerOptions, ManagedTorrent,
+    Session, SessionOptions, SessionPersistenceConfig,
 };
 
 use crate::error::SwarmError;
 
-/// librqbit's blocking-work semaphore (hash checks, disk writes, streams). Its default of 8
-/// deadlocked with a few streams open (trap 11); hashing whole pieces on 2 cores does not
-/// benefit from more threads than this, but waiting on a permit must never block progress.
-pub const RUNTIME_WORKER_THREADS: usize = 32;
+/// librqbit's blocking-work semaphore (hash checks, disk writes, streams): how many of those
+/// may run at once, each through `block_in_place`. Trap 11: every open `FileStream` holds a
+/// permit, so this must be at least open streams + 8; swarmlm opens none. More than 8 only
+/// added threads handing the runtime's workers back and forth: with 32 permits (and tokio's
+/// default of 512 blocking threads) a 1 GB loopback fetch made 4x the context switches of
+/// the rqbit CLI and took 6.0-6.6 s against 4.4-5.7 s with 8 (BENCHMARKS.md, Swarm).
+pub const RUNTIME_WORKER_THREADS: usize = 8;
+
+/// The cap on the tokio runtime's blocking threads ([`crate::runtime`]): each
+/// `block_in_place` above hands its worker to one of them, and our own `spawn_blocking`
+/// work (a full verify) takes one more. The rqbit CLI's default, with room for ours.
+pub const RUNTIME_BLOCKING_THREADS: usize = RUNTIME_WORKER_THREADS + 4;
+
+/// How long [`SwarmSession::stop`] lets the cancelled tasks run before returning.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What a session may talk to and where it keeps its state.
 #[derive(Debug, Clone)]
@@ -186,9 +197,39 @@ impl SwarmSession {
         &self.session
     }
 
+    /// Adds a torrent (its .torrent bytes) and returns its handle. librqbit fails an add in
+    /// two ways, an error or an answer without a handle; both become
+    /// [`SwarmError::AddTorrent`] naming `info_hash`.
+    pub async fn add_torrent_bytes(
+        &self,
+        torrent: Vec<u8>,
+        opts: AddTorrentOptions,
+        info_hash: &str,
+    ) -> Result<Arc<ManagedTorrent>, SwarmError> {
+        let added = self
+            .session
+            .add_torrent(AddTorrent::from_bytes(torrent), Some(opts))
+            .await
+            .map_err(|e| SwarmError::AddTorrent {
+                info_hash: info_hash.to_string(),
+                reason: format!("{e:#}"),
+            })?;
+        added.into_handle().ok_or_else(|| SwarmError::AddTorrent {
+            info_hash: info_hash.to_string(),
+            reason: "librqbit returned no handle".into(),
+        })
+    }
+
     /// Stops every torrent and the session's tasks.
+    ///
+    /// librqbit 9.1.0's `Session::stop` pauses the torrents and cancels the session's tasks at
+    /// once, then sleeps a fixed second ("hopefully will be enough") for them to wind down.
+    /// That second was a tenth of a 2 GB loopback fetch and is paid by every fetch, seed and
+    /// demo on exit; nothing of ours needs it (a fetch has placed and recorded its files and
+    /// removed its torrent before it stops, a seeder only reads). So the tasks get a short
+    /// grace and the fixed sleep is cut off.
     pub async fn stop(&self) {
-        self.session.stop().await;
+        let _ = tokio::time::timeout(STOP_GRACE, self.session.stop()).await;
     }
 }
 
@@ -223,7 +264,10 @@ mod tests {
             assert!(s.inner().get_dht().is_none());
             // The port really accepts TCP.
             tokio::net::TcpStream::connect(addr).await.unwrap();
+            // Without librqbit's fixed one-second sleep on stop.
+            let stopping = std::time::Instant::now();
             s.stop().await;
+            assert!(stopping.elapsed() < std::time::Duration::from_millis(600));
         });
         // Without persistence, librqbit wrote nothing into the default folder.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
