@@ -4,6 +4,8 @@
 //! Mistral's original `.pth` checkpoints pair neighbours `(2i, 2i + 1)`. Both layouts share one
 //! table. Angles are computed in f64 so long positions keep full f32 accuracy.
 
+use std::sync::OnceLock;
+
 use crate::error::{check_len, KernelError};
 
 /// Which elements of a head vector form a rotation pair.
@@ -15,16 +17,20 @@ pub enum RopeLayout {
     Interleaved,
 }
 
-/// `cos`/`sin` of `pos * theta^(-2i/d)` for `pos < max_pos`, `i < d/2`.
+/// Positions per lazily computed block of the table.
+const BLOCK: usize = 256;
+
+/// `cos`/`sin` of `pos * theta^(-2i/d)` for `pos < max_pos`, `i < d/2`, computed in blocks of
+/// [`BLOCK`] positions on first use: a model's table spans max_position_embeddings (32768
+/// positions × 64 pairs for Mixtral, ~4M `f64` sin/cos, ~0.1 s), while a session touches only
+/// the positions it reaches, and building it all would sit in every load.
 #[derive(Clone, Debug)]
 pub struct RopeTable {
     head_dim: usize,
     max_pos: usize,
     inv_freq: Vec<f64>,
-    /// `[max_pos][d/2]`
-    cos: Vec<f32>,
-    /// `[max_pos][d/2]`
-    sin: Vec<f32>,
+    /// Block `b`: for each of its positions, `d/2` cos then `d/2` sin.
+    blocks: Vec<OnceLock<Box<[f32]>>>,
 }
 
 impl RopeTable {
@@ -35,22 +41,28 @@ impl RopeTable {
         let inv_freq: Vec<f64> = (0..half)
             .map(|i| theta.powf(-2.0 * i as f64 / head_dim as f64))
             .collect();
-        let mut cos = Vec::with_capacity(max_pos * half);
-        let mut sin = Vec::with_capacity(max_pos * half);
-        for p in 0..max_pos {
-            for f in &inv_freq {
-                let a = p as f64 * f;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
-            }
-        }
         RopeTable {
             head_dim,
             max_pos,
             inv_freq,
-            cos,
-            sin,
+            blocks: (0..max_pos.div_ceil(BLOCK))
+                .map(|_| OnceLock::new())
+                .collect(),
         }
+    }
+
+    /// The block holding `pos` (< max_pos), computed on first use.
+    fn block(&self, b: usize) -> &[f32] {
+        self.blocks[b].get_or_init(|| {
+            let half = self.inv_freq.len();
+            let end = ((b + 1) * BLOCK).min(self.max_pos);
+            let mut v = Vec::with_capacity((end - b * BLOCK) * 2 * half);
+            for p in b * BLOCK..end {
+                v.extend(self.inv_freq.iter().map(|f| (p as f64 * f).cos() as f32));
+                v.extend(self.inv_freq.iter().map(|f| (p as f64 * f).sin() as f32));
+            }
+            v.into_boxed_slice()
+        })
     }
 
     /// The head dimension this table was built for.
@@ -104,8 +116,8 @@ impl RopeTable {
             }
             return Ok(());
         }
-        let cos = &self.cos[pos * half..(pos + 1) * half];
-        let sin = &self.sin[pos * half..(pos + 1) * half];
+        let off = (pos % BLOCK) * 2 * half;
+        let (cos, sin) = self.block(pos / BLOCK)[off..off + 2 * half].split_at(half);
         for head in x.chunks_exact_mut(d) {
             for i in 0..half {
                 rotate_pair(head, layout, half, i, cos[i], sin[i]);
