@@ -16,6 +16,7 @@ pub mod locate;
 pub mod model;
 pub mod pager;
 pub mod perplexity;
+mod populate;
 pub mod profile;
 pub mod reference;
 pub mod sampling;

@@ -17,6 +17,7 @@ use swarmlm_weights::{Checkpoint, MixtralConfig, RopeLayout};
 
 use crate::error::{EngineError, Result};
 use crate::experts::ExpertStore;
+use crate::populate::{populate, FirstUse};
 use crate::profile::{Op, OpProfile};
 
 /// HF names of one decoder layer's non-expert tensors.
@@ -240,6 +241,8 @@ pub struct Model<'w> {
     pub(crate) rope_layout: kernels::RopeLayout,
     pub(crate) pool: Pool,
     pub(crate) profile: OpProfile,
+    /// Page tables filled yet? Index 0: every dense matrix; `1 + layer * experts + e`: an expert.
+    pub(crate) first_use: FirstUse,
 }
 
 impl<'w> Model<'w> {
@@ -294,8 +297,42 @@ impl<'w> Model<'w> {
             checkpoint,
             pool: Pool::new(threads),
             profile: OpProfile::from_env(),
+            first_use: FirstUse::new(1 + shape.num_layers * shape.num_experts),
             shape,
         })
+    }
+
+    /// Before the first forward, fills the page tables of every dense matrix a token reads
+    /// (see [`crate::populate`]); an attached pager manages residency itself, so not then.
+    fn populate_dense_once(&self) {
+        if self.experts.pager().is_some() || !self.first_use.take(0) {
+            return;
+        }
+        for l in &self.layers {
+            let a = &l.self_attn;
+            for m in [
+                &a.q_proj,
+                &a.k_proj,
+                &a.v_proj,
+                &a.o_proj,
+                &l.block_sparse_moe.gate,
+            ] {
+                populate(&self.pool, m.weight);
+            }
+        }
+        populate(&self.pool, self.lm_head.weight);
+    }
+
+    /// Before an expert's first use, fills its page tables (not under a pager).
+    fn populate_expert_once(&self, layer: usize, expert: usize) {
+        let idx = 1 + layer * self.shape.num_experts + expert;
+        if self.experts.pager().is_some() || !self.first_use.take(idx) {
+            return;
+        }
+        let w = self.experts.get(layer, expert);
+        for m in [w.w1, w.w3, w.w2] {
+            populate(&self.pool, m);
+        }
     }
 
     /// Shape numbers from the config.
@@ -583,6 +620,7 @@ impl<'w> MixtralSparseMoeBlock<'w> {
             if tokens.is_empty() {
                 continue;
             }
+            model.populate_expert_once(layer, e);
             let w = model.experts.acquire(layer, e)?;
             let n = tokens.len();
             if t == 1 {
@@ -646,6 +684,7 @@ impl<'w> Model<'w> {
             return Err(EngineError::EmptyPrompt);
         }
         self.check_ids(ids)?;
+        self.populate_dense_once();
         let start = cache.len;
         if start + t > cache.capacity {
             return Err(EngineError::ContextOverflow {
