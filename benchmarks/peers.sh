@@ -8,6 +8,7 @@
 #   BIG_F32=0 benchmarks/peers.sh             # skip llama.cpp f32 on the 6.33 GB model (12.7 GB GGUF)
 #   SWARMLM_BIN=.. PROBE_BIN=.. CANDLE_BIN=.. benchmarks/peers.sh   # use binaries built elsewhere
 #   LLAMA_PASSIVE=1 benchmarks/peers.sh       # also llama.cpp bf16 with OMP_WAIT_POLICY=passive
+#   SWARMLM_BASE_BIN=/path/to/old/swarmlm benchmarks/peers.sh   # also an older swarmlm (before/after)
 #
 # What it does:
 # 1. builds target/release/swarmlm and the kernels' bandwidth probe (kernel_bench) if missing,
@@ -96,17 +97,19 @@ for m in $MODELS; do
         "$ROOT/benchmarks/make_gguf.sh" "$dir" "$MODELS_DIR/$m-$t.gguf" "$t"
         RUN_ARGS+=(--gguf "$m:$t=$MODELS_DIR/$m-$t.gguf")
     done
-    # candle copies every weight into memory (f32 doubles it): f32 only on the small model.
-    if [[ " $PEERS " != *" candle "* ]]; then
-        :
-    elif [[ "$m" == small ]]; then
-        RUN_ARGS+=(--candle-dtype "$m=bf16,f32")
-    else
-        RUN_ARGS+=(--candle-dtype "$m=bf16")
+    # candle-transformers 0.11.1's Mixtral fails in bf16 on the CPU ("dtype mismatch in mul,
+    # lhs: BF16, rhs: F32" in its forward), so candle runs in f32, which copies every weight
+    # into memory at twice its size: only on the small model (12.7 GB for the 6.33 GB one).
+    # CANDLE_DTYPES=bf16,f32 tries bf16 too.
+    if [[ " $PEERS " == *" candle "* && "$m" == small ]]; then
+        RUN_ARGS+=(--candle-dtype "$m=${CANDLE_DTYPES:-f32}")
     fi
 done
 if [[ "$LLAMA_PASSIVE" == 1 ]]; then
     RUN_ARGS+=(--llama-passive)
+fi
+if [[ -n "${SWARMLM_BASE_BIN:-}" ]]; then
+    RUN_ARGS+=(--swarmlm-base "$SWARMLM_BASE_BIN")
 fi
 case " $MODELS " in
 *" mixtral-8x7b-2layers "*) RUN_ARGS+=(--ttft-model mixtral-8x7b-2layers) ;;

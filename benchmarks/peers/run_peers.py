@@ -129,6 +129,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prefill-len", type=int, default=256)
+    ap.add_argument("--swarmlm-base", default=None,
+                    help="a second swarmlm binary (e.g. main before a change), run as peer 'swarmlm base'")
     ap.add_argument("--ttft-model", default=None)
     ap.add_argument("--llama-passive", action="store_true",
                     help="also run llama.cpp bf16 with OMP_WAIT_POLICY=passive (threads sleep instead "
@@ -164,6 +166,10 @@ def main():
         peers = [("swarmlm", "bf16", None, lambda ids, n: [a.swarmlm, "run", hf, "--prompt-ids", ",".join(map(str, ids)),
                                                      "--max-tokens", str(n), "--temperature", "0",
                                                      "--threads", str(a.threads), "--json"])]
+        if a.swarmlm_base:
+            peers.append(("swarmlm base", "bf16", None, lambda ids, n: [
+                a.swarmlm_base, "run", hf, "--prompt-ids", ",".join(map(str, ids)), "--max-tokens", str(n),
+                "--temperature", "0", "--threads", str(a.threads), "--json"]))
         for typ, path in sorted(ggufs.get(name, {}).items()):
             llama = lambda ids, n, path=path: [
                 sys.executable, os.path.join(here, "llama_cpp_bench.py"), path, "--prompt-ids",
@@ -185,7 +191,7 @@ def main():
                 la0 = loadavg()
                 p0, p0m, c0 = probe(a.probe)
                 run_env = dict(env, **(extra_env or {}))
-                use_env = prof_env if label == "swarmlm" else run_env
+                use_env = prof_env if label.startswith("swarmlm") else run_env
                 dj, peaks, wall, err, cpu_dec = run_polled(cmd(short, a.tokens), env=use_env)
                 # Same prompt, one token: load + prefill only. The CPU-time difference is the
                 # decode's, which gives a rate per on-CPU second that survives an oversubscribed
@@ -242,6 +248,12 @@ def main():
             j, _, wall, _, _ = run_polled(cmd)
             res.append((j["load_seconds"] + 1.0 / j["prefill_tokens_per_s"], j["load_seconds"], wall))
         ttft = {k: med([r[i] for r in res]) for i, k in enumerate(["load_plus_first_token_s", "load_s", "process_wall_s"])}
+        if a.swarmlm_base:
+            res_b = []
+            for _ in range(max(a.reps, 3)):
+                j, _, wall, _, _ = run_polled([a.swarmlm_base] + cmd[1:])
+                res_b.append((j["load_seconds"] + 1.0 / j["prefill_tokens_per_s"], j["load_seconds"], wall))
+            ttft["base"] = {k: med([r[i] for r in res_b]) for i, k in enumerate(["load_plus_first_token_s", "load_s", "process_wall_s"])}
         record({"ttft": ttft, "model": a.ttft_model, "runs": res, "load_avg": loadavg()})
 
     # Markdown summary.
@@ -271,19 +283,24 @@ def main():
             num = lambda x: f"{x:.1f}" if x else "–"
             print(f"| {label} | {d:.2f} | {ratio(d, bdec)} | {pct(sh)} | {dc:.2f} | {ratio(dc, bdc)} | {pct(shc)} "
                   f"| {bw:.1f} / {bwc:.1f} | {pf:.1f} | {ratio(pf, bpre)} | {num(pc)} | {ratio(pc, bpc)} | {rss:.0f} | {anon:.0f} |")
-        sw = rows.get("swarmlm", [])
-        ops = [r["decode_op_seconds"] for r in sw if "decode_op_seconds" in r]
-        if ops:
+        for who in ("swarmlm", "swarmlm base"):
+          sw = rows.get(who, [])
+          ops = [r["decode_op_seconds"] for r in sw if "decode_op_seconds" in r]
+          if ops:
             steps = med([r["decode_op_steps"] for r in sw if "decode_op_steps" in r])
             keys = list(ops[0].keys())
             cells = [f"{k} {1e3 * med([o[k] for o in ops]) / steps:.2f} ms" for k in keys]
             total = sum(med([o[k] for o in ops]) for k in keys) / steps
-            print(f"\nswarmlm per-op decode time per token (median of reps, {steps} steps): "
+            print(f"\n{who} per-op decode time per token (median of reps, {steps} steps): "
                   + ", ".join(cells) + f"; sum {1e3 * total:.2f} ms\n")
         print(f"bytes read per decode token (bf16): {bytes_per_token(json.load(open(os.path.join(models[name], 'config.json'))), 2) / 1e9:.3f} GB\n")
     if ttft:
         print(f"load to first token ({a.ttft_model}, warm cache, median): load {ttft['load_s']:.3f} s, "
               f"load + first token {ttft['load_plus_first_token_s']:.3f} s, whole process {ttft['process_wall_s']:.3f} s\n")
+        if "base" in ttft:
+            b = ttft["base"]
+            print(f"swarmlm base: load {b['load_s']:.3f} s, load + first token {b['load_plus_first_token_s']:.3f} s, "
+                  f"whole process {b['process_wall_s']:.3f} s\n")
 
 
 if __name__ == "__main__":
