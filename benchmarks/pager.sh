@@ -60,7 +60,7 @@ else
     "$BIN" forge --preset mixtral-8x7b --layers "$LAYERS" --out "$MODEL" >/dev/null
     sync
 fi
-echo "== $(du -sh "$MODEL" | cut -f1) on disk" >&2
+echo "== $(du -sh "$MODEL" | cut -f1) on disk; $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 # The block device holding the model, for its busy time (/sys/block/DEV/stat io_ticks).
 DEV=$(lsblk -no PKNAME "$(df --output=source "$MODEL" | tail -1)" 2>/dev/null || true)
 [[ -n "$DEV" ]] || DEV=$(basename "$(df --output=source "$MODEL" | tail -1)")
@@ -111,8 +111,11 @@ run() {
             _ "$CG" "${cmd[@]}" >"$WORK/$name.json" 2>"$WORK/$name.stats" &
     fi
     local pid=$! rb=0
+    # A timeline (seconds, read_bytes, device io_ticks) to judge the decode phase on its own.
+    : >"$WORK/$name.tl"
     while kill -0 "$pid" 2>/dev/null; do
         rb=$(awk '/^read_bytes/ {print $2}' "/proc/$pid/io" 2>/dev/null || echo "$rb")
+        echo "$(date +%s.%N) $rb $(io_ticks)" >>"$WORK/$name.tl"
         sleep 0.2
     done
     local rc=0
@@ -193,7 +196,23 @@ def load(name):
         j = None
     busy = float(open(f"{work}/{name}.busy").read().strip() or 0)
     return j, int(rc), oom, int(peak), int(open(f"{work}/{name}.io").read().strip() or 0), busy
-ref, *_ = load("unlimited")
+def decode_window(name, j):
+    # The decode phase is the last (tokens - 1) / decode_tokens_per_s seconds before the
+    # process exits; read MB/s and device busy over the timeline samples inside it.
+    tl = [tuple(map(float, l.split())) for l in open(f"{work}/{name}.tl") if len(l.split()) == 3]
+    if j is None or len(tl) < 2 or not j.get("decode_tokens_per_s"):
+        return None, None
+    secs = (len(j["generated_ids"]) - 1) / j["decode_tokens_per_s"]
+    end = tl[-1]
+    start = next((s for s in tl if s[0] >= end[0] - secs), tl[0])
+    dt = end[0] - start[0]
+    if dt < 0.5:
+        return None, None
+    return (end[1] - start[1]) / dt / 1e6, (end[2] - start[2]) / 1e3 / dt
+refs = {}
+for r in ("unlimited", "llama.cpp-unlimited"):
+    if os.path.exists(f"{work}/{r}.json"):
+        refs[r] = load(r)[0]
 names = ["unlimited"] + sorted(n[:-5] for n in os.listdir(work)
                                if n.endswith(".json") and n != "unlimited.json")
 print(f"mixtral-8x7b --layers {layers}, {tokens} greedy tokens; dd iflag=direct {dd} MB/s; "
@@ -201,19 +220,25 @@ print(f"mixtral-8x7b --layers {layers}, {tokens} greedy tokens; dd iflag=direct 
       f"non-expert {non_expert/1e6:.0f} MB (read once; disk MB/tok counts it)")
 print(f"{'run':<28} {'rc':>3} {'oom':>4} {'decode tok/s':>12} {'disk MB/tok':>11} "
       f"{'disk/(miss*exp)':>15} {'hits':>6} {'misses':>6} {'hit%':>5} {'disk busy':>9} "
-      f"{'cg peak MB':>10} {'same ids':>8}")
+      f"{'dec MB/s':>8} {'dec/dd':>6} {'dec busy':>8} {'cg peak MB':>10} {'same ids':>8}")
 for n in names:
     j, rc, oom, peak, rb, busy = load(n)
     if j is None:
         print(f"{n:<28} {rc:>3} {oom:>4}  (no output)")
         continue
     ntok = max(1, len(j["generated_ids"]))
+    # llama.cpp is compared with its own unlimited run (its bf16 arithmetic differs from ours).
+    ref = refs.get("llama.cpp-unlimited" if n.startswith("llama.cpp") else "unlimited")
     same = j["generated_ids"] == ref["generated_ids"] if ref else False
     hits, misses = j.get("expert_hits"), j.get("expert_misses")
     ratio = f"{(rb - non_expert) / (misses * expert):.3f}" if misses else "-"
     hr = f"{100 * hits / (hits + misses):.1f}" if hits is not None and hits + misses else "-"
+    dmbs, dbusy = decode_window(n, j)
+    dmbs_s = f"{dmbs:.0f}" if dmbs is not None else "-"
+    ddr = f"{dmbs / float(dd):.2f}" if dmbs is not None else "-"
+    dbusy_s = f"{100 * dbusy:.0f}%" if dbusy is not None else "-"
     print(f"{n:<28} {rc:>3} {oom:>4} {j['decode_tokens_per_s']:>12.3f} {rb/ntok/1e6:>11.1f} "
           f"{ratio:>15} {str(hits if hits is not None else '-'):>6} "
           f"{str(misses if misses is not None else '-'):>6} {hr:>5} {100*busy:>8.0f}% "
-          f"{peak/1e6:>10.0f} {str(same):>8}")
+          f"{dmbs_s:>8} {ddr:>6} {dbusy_s:>8} {peak/1e6:>10.0f} {str(same):>8}")
 PY
