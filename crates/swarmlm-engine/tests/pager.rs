@@ -393,3 +393,51 @@ fn shakespeare_lookahead_prediction_accuracy() {
         }
     }
 }
+
+/// Fewer slots than one token's layers × top-k: a global LRU evicts every expert just before
+/// its next use, and equal per-layer shares (1 slot each here, below top-2) cascade the same
+/// way; LayerLru keeps top-k slots for streaming and the rest as stable per-layer sets.
+#[test]
+fn layer_lru_keeps_hits_when_one_token_needs_more_than_the_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let overrides = Overrides {
+        hidden_size: Some(64),
+        intermediate_size: Some(128),
+        num_hidden_layers: Some(4),
+        num_attention_heads: Some(4),
+        num_key_value_heads: Some(2),
+        num_local_experts: Some(8),
+        num_experts_per_tok: Some(2),
+        vocab_size: Some(512),
+        ..Overrides::default()
+    };
+    let mut spec = ForgeSpec::with_overrides(Preset::Tiny, &overrides);
+    spec.seed = 5;
+    swarmlm_forge::forge(&spec, tmp.path()).expect("forge");
+    let ckpt = Checkpoint::open(tmp.path()).unwrap();
+    let mut model = Model::load(&ckpt, 1).unwrap();
+    model.attach_pager(PagerConfig::new(1 << 40)).unwrap();
+    let eb = model.pager().unwrap().expert_bytes();
+    let mut rate = Vec::new();
+    for policy in [Policy::Lru, Policy::LayerLru] {
+        let cfg = PagerConfig {
+            budget_bytes: 4 * eb,
+            policy,
+            prefetch: Prefetch::Off,
+            drop_page_cache: false,
+        };
+        model.attach_pager(cfg).unwrap();
+        let mut s = Session::new(&model, 300);
+        for i in 0..300u32 {
+            s.decode_step((i * 37 + 11) % 512).unwrap();
+        }
+        let st = model.pager().unwrap().stats();
+        eprintln!("{policy:?}\n{}", st.table());
+        assert!(st.resident_expert_bytes_peak <= 4 * eb);
+        rate.push(st.totals().hit_rate());
+    }
+    // 2 stable slots for 4 layers: ~6% on uniform routing (8 requests a token, 1/4 chance each
+    // that a kept expert is picked again); the global LRU gets none.
+    assert!(rate[0] < 0.01, "lru hit rate {}", rate[0]);
+    assert!(rate[1] > 0.03, "layer-lru hit rate {}", rate[1]);
+}
