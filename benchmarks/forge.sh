@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Forge speed against the disk: `swarmlm forge --preset mixtral-8x7b --layers 2` (6.33 GB, the
 # real 8x7B layer shape) timed with /usr/bin/time -v (elapsed, peak RSS), then `dd` writing the
-# same number of bytes from /dev/zero with conv=fdatasync in the same folder. Both end on disk
-# (forge fsyncs every file itself; a final `sync` is included in its time for fairness), so the
-# ratio forge/dd says how close forge comes to disk speed.
+# same number of bytes from /dev/zero with conv=fdatasync in the same folder, buffered and
+# with oflag=direct (forge writes its shards with direct I/O where the filesystem allows). All
+# end on disk (forge fsyncs every file itself; a final `sync` is included in its time for
+# fairness), so the ratio forge/dd says how close forge comes to disk speed.
 #
 #   benchmarks/forge.sh                   # builds target/release/swarmlm if missing
 #   SWARMLM_BIN=/path/to/swarmlm TMPDIR=/mnt/fast benchmarks/forge.sh
@@ -22,6 +23,13 @@ if [[ -z "$BIN" ]]; then
     fi
 fi
 
+# About 2.9 GB per layer plus 0.6 GB of embeddings and head; one copy exists at a time.
+NEED_KB=$(((LAYERS * 2900 + 600) * 1000 + 500000))
+FREE_KB=$(df -Pk "${TMPDIR:-/tmp}" | awk 'NR==2 {print $4}')
+if ((FREE_KB < NEED_KB)); then
+    echo "not enough free space in ${TMPDIR:-/tmp}: $((FREE_KB / 1000000)) GB free, need $((NEED_KB / 1000000)) GB" >&2
+    exit 1
+fi
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/swarmlm-forge-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
@@ -54,11 +62,18 @@ COUNT=$(((BYTES + BLOCK - 1) / BLOCK))
 DD_BYTES=$((COUNT * BLOCK))
 DD_S=$(secs "$(field 'Elapsed (wall clock)' "$WORK/dd.time")")
 rm -f "$WORK/dd.bin"
+sync
+# The same with direct I/O (no page-cache copy), as forge writes its shards where it can.
+/usr/bin/time -v -o "$WORK/ddd.time" dd if=/dev/zero of="$WORK/dd.bin" bs=16M count="$COUNT" \
+    oflag=direct conv=fdatasync status=none
+DDD_S=$(secs "$(field 'Elapsed (wall clock)' "$WORK/ddd.time")")
+rm -f "$WORK/dd.bin"
 
 awk -v b="$BYTES" -v fs="$FORGE_S" -v rss="$FORGE_RSS" -v cpu="$FORGE_CPU" -v files="$FILES" \
-    -v db="$DD_BYTES" -v ds="$DD_S" -v layers="$LAYERS" 'BEGIN {
+    -v db="$DD_BYTES" -v ds="$DD_S" -v dds="$DDD_S" -v layers="$LAYERS" 'BEGIN {
     printf "forge mixtral-8x7b --layers %d: %d files, %.3f GB in %.2f s = %.0f MB/s, peak RSS %.1f MB, CPU %s\n",
         layers, files, b / 1e9, fs, b / 1e6 / fs, rss / 1024, cpu
     printf "dd bs=16M conv=fdatasync:        %.3f GB in %.2f s = %.0f MB/s\n", db / 1e9, ds, db / 1e6 / ds
-    printf "forge / dd throughput:            %.2f\n", (b / fs) / (db / ds)
+    printf "dd bs=16M oflag=direct:           %.3f GB in %.2f s = %.0f MB/s\n", db / 1e9, dds, db / 1e6 / dds
+    printf "forge / dd throughput:            %.2f (buffered dd), %.2f (direct dd)\n", (b / fs) / (db / ds), (b / fs) / (db / dds)
 }'
