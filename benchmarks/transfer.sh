@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# Loopback transfer of a ~2 GB model, one seeder and one leecher, warm page cache:
-# `swarmlm seed` → `swarmlm fetch`, against aria2c → aria2c (through a loopback opentracker,
-# since aria2c cannot be given a peer by hand) and, if RQBIT=/path/to/rqbit is set, the rqbit
-# CLI leeching from `swarmlm seed`. Everything stays on 127.0.0.1 with DHT off.
+# Loopback transfer of a ~2 GB model, one seeder and one leecher, warm page cache, three
+# pairs measured the same way (wall time of the leecher process, start to exit):
+#   swarmlm seed -> swarmlm fetch   (by manifest, --peer; SHA-256 of every file included)
+#   rqbit -> rqbit                  (the rqbit CLI built from its crate; RQBIT=/path/to/rqbit;
+#                                    the seeder is `rqbit download --overwrite` on the data)
+#   aria2c -> aria2c                (through a loopback opentracker: aria2c cannot be given a
+#                                    peer by hand)
+# Each seeder is started once; its leecher runs RUNS times into a fresh folder, deleted after
+# each run. Everything stays on 127.0.0.1 with DHT, LSD and UPnP off.
 #
 # Usage: benchmarks/transfer.sh [SIZE_MB]      (default 2048)
-# Needs: aria2c, opentracker, python3 (writes the torrent), a release build of swarmlm
-#        (built here with cargo unless SWARMLM=/path/to/swarmlm is given).
+#   RUNS=3        leecher runs per pair
+#   RQBIT=path    the rqbit CLI (skipped when unset)
+#   SWARMLM=path  the swarmlm binary (default: a release build, built here)
+# Needs: aria2c, opentracker, python3 (writes the torrent).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -88,6 +95,7 @@ print(ih)
 EOF
 )
 TOTAL=$(du -cb "$MODEL"/*.json "$MODEL"/*.safetensors | tail -1 | cut -f1)
+sync                         # write the payload back now, not during the first timed run
 cat "$MODEL"/* > /dev/null   # warm page cache
 
 echo "$INFO_HASH" > "$WORK/whitelist"; chmod 644 "$WORK/whitelist"
@@ -98,42 +106,105 @@ PIDS+=($!)
 
 mbps() { python3 -c "print(f'{$1/$2/1e6:.0f}')"; }
 now() { date +%s.%N; }
+RUNS=${RUNS:-3}
+exec 3>&1 # time_leech's report, whatever its leecher's stdout is sent to
+# time_leech NAME OUTDIR CMD...: runs the leecher, checks one shard, prints and records seconds.
+declare -A TIMES
+time_leech() {
+    local name=$1 out=$2; shift 2
+    rm -rf "$out"
+    local t0 t1 s
+    t0=$(now)
+    "$@"
+    t1=$(now)
+    s=$(python3 -c "print(f'{$t1-$t0:.2f}')")
+    local got
+    got=$(find "$out" -name model-00002-of-00003.safetensors | head -1)
+    cmp "$MODEL/model-00002-of-00003.safetensors" "$got"
+    rm -rf "$out"
+    TIMES[$name]="${TIMES[$name]:-} $s"
+    echo "$name: $TOTAL bytes in ${s}s = $(mbps "$TOTAL" "$s") MB/s" >&3
+}
 
-echo "== 1. swarmlm seed -> swarmlm fetch" >&2
+echo "== starting seeders" >&2
 "$SWARMLM" seed "$MODEL" --listen 127.0.0.1:0 --no-dht --json > "$WORK/seed.log" 2>/dev/null &
-SEED_PID=$!; PIDS+=($SEED_PID)
+PIDS+=($!)
 for _ in $(seq 600); do grep -q '"event":"seeding"' "$WORK/seed.log" && break; sleep 0.1; done
 LISTEN=$(python3 -c 'import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if "seeding" in l][0]["listen"])' "$WORK/seed.log")
-T0=$(now)
-"$SWARMLM" fetch "$WORK/bench.toml" --out "$WORK/swarmlm-out" --peer "$LISTEN" --no-dht --listen 127.0.0.1:0 --json > "$WORK/fetch.log"
-T1=$(now)
-SWARMLM_S=$(python3 -c "print($T1-$T0)")
-cmp "$MODEL/model-00002-of-00003.safetensors" "$WORK/swarmlm-out/model-00002-of-00003.safetensors"
-echo "swarmlm fetch: $TOTAL bytes in ${SWARMLM_S}s = $(mbps "$TOTAL" "$SWARMLM_S") MB/s (verified, SHA-256 included)"
 
+RQ_COMMON=(--disable-dht --disable-dht-persistence --disable-upnp-port-forward --disable-lsd
+    --disable-trackers --listen-ip 127.0.0.1 -v error)
 if [[ -n "${RQBIT:-}" ]]; then
-    echo "== 1b. swarmlm seed -> rqbit CLI" >&2
-    T0=$(now)
-    "$RQBIT" --disable-dht --disable-dht-persistence --disable-upnp-port-forward --disable-lsd \
-        download --exit-on-finish --initial-peers "$LISTEN" -o "$WORK/rqbit-out" "$WORK/bench.torrent" >/dev/null 2>&1 || true
-    T1=$(now)
-    RQ_S=$(python3 -c "print($T1-$T0)")
-    echo "rqbit download: $TOTAL bytes in ${RQ_S}s = $(mbps "$TOTAL" "$RQ_S") MB/s"
+    RQ_PORT=$(free_port); RQ_API=$(free_port)
+    "$RQBIT" "${RQ_COMMON[@]}" --listen-port "$RQ_PORT" --http-api-listen-addr "127.0.0.1:$RQ_API" \
+        download --overwrite -o "$WORK/seed" "$WORK/bench.torrent" >/dev/null 2>&1 &
+    PIDS+=($!)
+    # Seeding starts once its check of the data is done.
+    python3 - "$RQ_API" <<'PY'
+import json, sys, time, urllib.request
+for _ in range(1200):
+    try:
+        s = json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/torrents/0/stats/v1"))
+        if s.get("finished") and s.get("state") == "live":
+            sys.exit(0)
+    except Exception:
+        pass
+    time.sleep(0.25)
+sys.exit("rqbit seeder did not finish checking its data")
+PY
 fi
-kill "$SEED_PID"; wait "$SEED_PID" 2>/dev/null || true
 
-echo "== 2. aria2c seed -> aria2c (peers via the loopback tracker)" >&2
 ARIA_COMMON=(--enable-dht=false --enable-dht6=false --bt-enable-lpd=false --enable-peer-exchange=false
     --interface=127.0.0.1 --disable-ipv6=true --file-allocation=none --summary-interval=0 --console-log-level=error)
 aria2c "$WORK/bench.torrent" --dir="$WORK/seed" --seed-ratio=0.0 --bt-seed-unverified=true --check-integrity=false \
     --listen-port="$(free_port)" "${ARIA_COMMON[@]}" >/dev/null 2>&1 &
 PIDS+=($!)
 sleep 3
-T0=$(now)
-aria2c "$WORK/bench.torrent" --dir="$WORK/aria-out" --seed-time=0 --bt-tracker-interval=1 \
-    --listen-port="$(free_port)" "${ARIA_COMMON[@]}" >/dev/null
-T1=$(now)
-ARIA_S=$(python3 -c "print($T1-$T0)")
-cmp "$MODEL/model-00002-of-00003.safetensors" "$WORK/aria-out/bench-model/model-00002-of-00003.safetensors"
-echo "aria2c: $TOTAL bytes in ${ARIA_S}s = $(mbps "$TOTAL" "$ARIA_S") MB/s (SHA-1 pieces only)"
-echo "ratio swarmlm/aria2c: $(python3 -c "print(f'{$ARIA_S/$SWARMLM_S:.2f}')")"
+
+for run in $(seq "$RUNS"); do
+    echo "== run $run of $RUNS" >&2
+    time_leech swarmlm "$WORK/swarmlm-out" \
+        "$SWARMLM" fetch "$WORK/bench.toml" --out "$WORK/swarmlm-out" --peer "$LISTEN" --no-dht \
+        --listen 127.0.0.1:0 --json > "$WORK/fetch-$run.log"
+    python3 - "$WORK/fetch-$run.log" <<'PY'
+import json, sys
+done = [json.loads(l) for l in open(sys.argv[1])][-1]
+print("  (swarmlm fetch in-process: %.2fs)" % done["elapsed_secs"])
+PY
+    if [[ -n "${RQBIT:-}" ]]; then
+        time_leech rqbit "$WORK/rqbit-out" \
+            "$RQBIT" "${RQ_COMMON[@]}" download --disable-http-api --exit-on-finish \
+            --initial-peers "127.0.0.1:$RQ_PORT" -o "$WORK/rqbit-out" "$WORK/bench.torrent" >/dev/null 2>&1
+    fi
+    if [[ -n "${RQBIT:-}" && -n "${CROSS:-}" ]]; then
+        # Mixed pairs: which side (seeder or leecher) sets the pace.
+        time_leech "swarmlm-seed>rqbit" "$WORK/rqbit-out" \
+            "$RQBIT" "${RQ_COMMON[@]}" download --disable-http-api --exit-on-finish \
+            --initial-peers "$LISTEN" -o "$WORK/rqbit-out" "$WORK/bench.torrent" >/dev/null 2>&1
+        time_leech "rqbit-seed>swarmlm" "$WORK/swarmlm-out" \
+            "$SWARMLM" fetch "$WORK/bench.toml" --out "$WORK/swarmlm-out" --peer "127.0.0.1:$RQ_PORT" \
+            --no-dht --listen 127.0.0.1:0 --json > /dev/null
+    fi
+    time_leech aria2c "$WORK/aria-out" \
+        aria2c "$WORK/bench.torrent" --dir="$WORK/aria-out" --seed-time=0 --bt-tracker-interval=1 \
+        --listen-port="$(free_port)" "${ARIA_COMMON[@]}" >/dev/null
+done
+
+echo "== summary: $TOTAL bytes, $RUNS runs; ratio = swarmlm / peer, of the medians"
+ARGS=(); for k in "${!TIMES[@]}"; do ARGS+=("$k=${TIMES[$k]}"); done
+python3 - "$TOTAL" "${ARGS[@]}" <<'PY'
+import statistics, sys
+total = int(sys.argv[1])
+rows = {}
+for arg in sys.argv[2:]:
+    name, ts = arg.split("=", 1)
+    ts = [float(t) for t in ts.split()]
+    rows[name] = (statistics.median(ts), min(ts), ts)
+for name in sorted(rows, key=lambda n: (n not in ("swarmlm", "rqbit", "aria2c"), n)):
+    med, best, ts = rows[name]
+    print(f"{name:20} median {total/med/1e6:5.0f} MB/s  best {total/best/1e6:5.0f} MB/s  seconds {ts}")
+sw = rows["swarmlm"][0]
+for name in ("rqbit", "aria2c"):
+    if name in rows:
+        print(f"swarmlm / {name}: {rows[name][0]/sw:.2f}x")
+PY
