@@ -442,7 +442,8 @@ impl<'w> Pager<'w> {
             work: Condvar::new(),
             done: Condvar::new(),
         });
-        let reader = Reader::open(&files).map_err(PagerError::Io)?;
+        let reader = Reader::open(&files, source::chunk_for_budget(cfg.budget_bytes))
+            .map_err(PagerError::Io)?;
         if cfg.drop_page_cache {
             // Loading the model faulted its non-expert tensors in with the device's readahead
             // (often MiBs around each fault, in large folios that also hold expert bytes); a

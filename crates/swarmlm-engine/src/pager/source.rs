@@ -37,27 +37,39 @@ pub enum ExpertSource {
 /// The I/O thread's own descriptors of the checkpoint files and its read buffers.
 pub(crate) struct Reader {
     files: Vec<(PathBuf, File)>,
-    /// One buffer per reader of [`READERS`].
+    /// One buffer per reader of [`READERS`], each `chunk` bytes.
     bufs: Vec<Vec<u8>>,
+    chunk: usize,
 }
 
-/// Reads in pieces of this size. The files are opened with `POSIX_FADV_RANDOM`, so a `pread`
-/// reads exactly its bytes (no readahead) and waits for them.
-const CHUNK: usize = 16 << 20;
+/// Reads in pieces of at most this size. The files are opened with `POSIX_FADV_RANDOM`, so a
+/// `pread` reads exactly its bytes (no readahead) and waits for them.
+const MAX_CHUNK: usize = 16 << 20;
+/// The read buffers are anonymous memory outside the expert budget, so they are kept to
+/// 1/32 of it (`READERS` × budget / 128): a 2 GiB budget gets the measured best 4 × 16 MiB, a
+/// small one smaller pieces rather than a peak RSS the budget did not promise.
+const BUDGET_SHARE_PER_READER: u64 = 128;
+const MIN_CHUNK: usize = 256 << 10;
+
+/// The read piece size for a budget of `budget_bytes`.
+pub(crate) fn chunk_for_budget(budget_bytes: u64) -> usize {
+    let share = usize::try_from(budget_bytes / BUDGET_SHARE_PER_READER).unwrap_or(MAX_CHUNK);
+    share.clamp(MIN_CHUNK, MAX_CHUNK)
+}
 /// Reads in flight at once for one expert. Measured with `benchmarks/pager_io.py` reading
 /// 288 MiB ranges of the forged Mixtral files on the benchmark machine's virtual disk (idle):
 /// one 1 MiB `pread` at a time 554 MB/s, one 4 MiB 702, `dd iflag=direct bs=16M` 645,
 /// 4 threads × 1 MiB 859, 4 × 4 MiB 942, kernel readahead (`POSIX_FADV_WILLNEED`) 32–64 MiB
 /// ahead of a 4 MiB `pread` 940–953, 4 × 16 MiB and 8 × 8 MiB 1020. The disk wants ~64 MiB in
 /// flight; 4 readers × 16 MiB get there with the fewest threads (the buffers, 64 MiB, are the
-/// price).
+/// price, and are scaled down with the budget: [`chunk_for_budget`]).
 const READERS: usize = 4;
 
 impl Reader {
     /// Opens `paths` read-only with readahead disabled (`POSIX_FADV_RANDOM`), so a read
     /// brings in exactly the expert's range and never its neighbours, which would be resident
     /// bytes the budget does not account for.
-    pub fn open(paths: &[PathBuf]) -> std::io::Result<Reader> {
+    pub fn open(paths: &[PathBuf], chunk: usize) -> std::io::Result<Reader> {
         let mut files = Vec::with_capacity(paths.len());
         for p in paths {
             let f = File::open(p)?;
@@ -71,7 +83,8 @@ impl Reader {
         }
         Ok(Reader {
             files,
-            bufs: vec![vec![0; CHUNK]; READERS],
+            bufs: vec![vec![0; chunk]; READERS],
+            chunk,
         })
     }
 
@@ -101,7 +114,7 @@ impl Reader {
                     }
                     let mut at = r.offset;
                     while at < r.offset + r.len {
-                        let len = (r.offset + r.len - at).min(CHUNK as u64);
+                        let len = (r.offset + r.len - at).min(self.chunk as u64);
                         pieces.push((r.file, at, len as usize));
                         at += len;
                     }
@@ -171,4 +184,21 @@ fn read_exact_at(
         done += n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_for_budget;
+
+    #[test]
+    fn read_buffers_stay_a_small_share_of_the_budget() {
+        assert_eq!(chunk_for_budget(2 << 30), 16 << 20);
+        assert_eq!(chunk_for_budget(1400 << 20), 1400 << 13);
+        assert_eq!(chunk_for_budget(48 << 20), 384 << 10);
+        assert_eq!(chunk_for_budget(1 << 20), 256 << 10);
+        for budget in [1u64 << 20, 48 << 20, 1400 << 20, 2 << 30, 64 << 30] {
+            let buffers = 4 * chunk_for_budget(budget) as u64;
+            assert!(buffers <= (budget / 32).max(1 << 20), "{budget}: {buffers}");
+        }
+    }
 }
