@@ -47,7 +47,7 @@ pub(crate) fn populate<T>(pool: &Pool, data: &[T]) {
     if bytes == 0 {
         return;
     }
-    let page = page_size();
+    let page = swarmlm_weights::page_size();
     let start = data.as_ptr() as usize / page * page;
     let end = (data.as_ptr() as usize + bytes).div_ceil(page) * page;
     if end - start < PAR_MIN_BYTES || pool.threads() == 1 {
@@ -79,16 +79,6 @@ fn advise_populate(start: usize, end: usize) {
 
 #[cfg(not(target_os = "linux"))]
 fn advise_populate(_start: usize, _end: usize) {}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as usize
-    } else {
-        4096
-    }
-}
 
 #[cfg(test)]
 mod tests {

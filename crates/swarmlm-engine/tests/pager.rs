@@ -10,7 +10,7 @@ use common::*;
 use swarmlm_engine::pager::{PagerConfig, PagerError, Policy, Prefetch, Residency};
 use swarmlm_engine::{EngineError, Model, Pager, Session};
 use swarmlm_forge::{ForgeSpec, Overrides, Preset};
-use swarmlm_weights::Checkpoint;
+use swarmlm_weights::{page_size, Checkpoint};
 
 /// A forged model whose experts (24 MiB: 2 layers × 8 experts × 1.5 MiB) are 8× the smallest
 /// budget, spread over several shards.
@@ -92,11 +92,6 @@ fn absent_expert_bytes(ckpt: &Checkpoint, pager: &Pager<'_>) -> usize {
         }
     }
     total
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
 }
 
 struct Outputs {

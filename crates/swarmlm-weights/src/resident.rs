@@ -32,7 +32,9 @@
 
 use crate::{Advice, Checkpoint, WeightsError};
 
-fn page_size() -> usize {
+/// The system's page size: the unit every `madvise` and page-cache range of a mapping is
+/// rounded to (4096 if `sysconf` cannot tell).
+pub fn page_size() -> usize {
     // SAFETY: sysconf has no memory-safety preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if p > 0 {

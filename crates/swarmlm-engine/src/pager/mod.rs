@@ -261,11 +261,7 @@ fn edge_owners(
     names: &[[String; 3]],
 ) -> Result<Vec<[Edges; 3]>, PagerError> {
     use std::collections::HashMap;
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
-        p if p > 0 => p as u64,
-        _ => 4096,
-    };
+    let page = swarmlm_weights::page_size() as u64;
     let mut owner: HashMap<&str, (usize, usize)> = HashMap::new();
     for (x, trio) in names.iter().enumerate() {
         for (k, n) in trio.iter().enumerate() {
