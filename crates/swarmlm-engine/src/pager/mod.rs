@@ -11,16 +11,17 @@
 //! Residency is explicit, never a side effect of a page fault:
 //! - [`Pager::request`] asks for an expert and returns its [`Residency`] at once (`Ready`,
 //!   `Loading`, `Failed`, or `NoRoom` when every slot is pinned or mid-load);
-//! - a background I/O thread performs the loads (`Queued → Loading → Ready | Failed`) by reading
-//!   the expert's byte ranges into the page cache (see [`source`] for where bytes come from and
-//!   how a swarm source would plug in);
+//! - background I/O threads perform the loads (`Queued → Loading → Ready | Failed`) by reading
+//!   the expert's byte ranges into the page cache, piece by piece, several pieces in flight and
+//!   the next expert's pieces queued right behind the last one's (see [`source`] for where bytes
+//!   come from and how a swarm source would plug in);
 //! - [`Pager::acquire`] pins an expert for compute, waiting on a condvar only if it is not
 //!   ready yet; the pin is released when the returned [`Pinned`] is dropped.
 //!
 //! Which expert leaves when a slot is needed is the [`Policy`]. Which experts are loaded
 //! *before* they are needed is the [`Prefetch`] mode: with `Lookahead`, while layer `L` runs, the
 //! engine applies layer `L+1`'s router to the current hidden state, and the pager starts loading
-//! the predicted experts on the I/O thread so that disk and compute overlap.
+//! the predicted experts on the I/O threads so that disk and compute overlap.
 //!
 //! The pager only ever changes residency: the weights are read through the same memory map
 //! whether or not a pager is attached, so outputs are bit-identical under any budget.
@@ -44,7 +45,7 @@ pub use stats::{LayerStats, PagerStats};
 
 use crate::experts::ExpertWeights;
 use crate::model::expert_tensor_names;
-use source::Reader;
+use source::{Files, Piece, READERS};
 
 /// Errors of the expert pager.
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +72,8 @@ pub enum PagerError {
         expert: usize,
         reason: String,
     },
-    /// The I/O thread could not be set up.
-    #[error("expert pager I/O thread: {0}")]
+    /// The I/O threads could not be set up.
+    #[error("expert pager I/O threads: {0}")]
     Io(#[source] std::io::Error),
     /// Advice or eviction syscalls on the checkpoint failed.
     #[error(transparent)]
@@ -137,7 +138,7 @@ impl PagerConfig {
 pub enum Residency {
     /// Resident now; reading it does not touch the disk.
     Ready,
-    /// Queued or being read by the I/O thread.
+    /// Queued or being read by the I/O threads.
     Loading,
     /// The last load failed (the reason); a new request retries.
     Failed(String),
@@ -166,6 +167,20 @@ struct Entry {
     protected: bool,
     /// Loaded by a prefetch and not yet used by a demand request.
     prefetched: bool,
+    /// Evicted, its pages being dropped (outside the lock): it must not be read back until
+    /// they are gone.
+    evicting: bool,
+    error: Option<String>,
+}
+
+/// One expert being read by the I/O threads.
+struct Load {
+    idx: usize,
+    pieces: Vec<Piece>,
+    /// Pieces handed to a thread so far.
+    next: usize,
+    /// Pieces handed out or not, whose read has not finished.
+    outstanding: usize,
     error: Option<String>,
 }
 
@@ -173,6 +188,12 @@ struct State {
     entries: Vec<Entry>,
     demand_q: VecDeque<usize>,
     prefetch_q: VecDeque<usize>,
+    /// Experts being read, in the order they were started.
+    active: VecDeque<Load>,
+    /// Bytes of queued and loading experts no I/O thread has started reading yet.
+    unstarted_bytes: u64,
+    /// Bytes of evicted experts whose pages are still being dropped.
+    evicting_bytes: u64,
     clock: u64,
     /// Experts queued, loading or ready (each takes one slot).
     resident: usize,
@@ -188,7 +209,12 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
-    /// The I/O thread waits here for work.
+    /// Bytes of each expert (layer-major).
+    bytes: Vec<u64>,
+    /// Expert bytes the I/O threads may read beyond the budget while evicted experts' pages
+    /// are still being dropped (see `take_piece`).
+    slack: u64,
+    /// The I/O threads wait here for work.
     work: Condvar,
     /// The compute thread waits here for loads to finish.
     done: Condvar,
@@ -236,11 +262,13 @@ pub struct Pager<'w> {
     streaming: bool,
     /// Per expert (layer-major): its three tensor names (w1, w3, w2).
     names: Vec<[String; 3]>,
+    /// Per expert: the byte length of each of those tensors.
+    tensor_bytes: Vec<[u64; 3]>,
     /// Per expert: who shares each tensor's first and last page (see [`Edges`]).
     edges: Vec<[Edges; 3]>,
     non_expert_bytes: u64,
     shared: Arc<Shared>,
-    io: Option<JoinHandle<()>>,
+    io: Vec<JoinHandle<()>>,
 }
 
 /// Who else owns the partial first (`head`) and last (`tail`) page of one expert tensor.
@@ -319,7 +347,7 @@ enum Tier {
 }
 
 impl<'w> Pager<'w> {
-    /// Sets up a pager for every expert of `checkpoint` and starts its I/O thread. Refuses a
+    /// Sets up a pager for every expert of `checkpoint` and starts its I/O threads. Refuses a
     /// budget below one layer's top-k experts. With `drop_page_cache`, every expert's pages
     /// are dropped first, so residency starts at zero and the accounting matches the kernel's.
     pub fn new(checkpoint: &'w Checkpoint, cfg: PagerConfig) -> Result<Pager<'w>, PagerError> {
@@ -336,6 +364,8 @@ impl<'w> Pager<'w> {
             .collect();
         let mut names = Vec::with_capacity(layers * num_experts);
         let mut sources = Vec::with_capacity(layers * num_experts);
+        let mut sizes = Vec::with_capacity(layers * num_experts);
+        let mut tensor_bytes = Vec::with_capacity(layers * num_experts);
         let mut expert_bytes = 0u64;
         let mut expert_total = 0u64;
         for layer in 0..layers {
@@ -344,9 +374,11 @@ impl<'w> Pager<'w> {
                 let trio = [n.w1, n.w3, n.w2];
                 let mut ranges = Vec::with_capacity(3);
                 let mut bytes = 0;
-                for name in &trio {
+                let mut lens = [0u64; 3];
+                for (k, name) in trio.iter().enumerate() {
                     let loc = checkpoint.location(name)?;
                     let file = files.iter().position(|p| *p == loc.file).unwrap_or(0);
+                    lens[k] = loc.len;
                     bytes += loc.len;
                     ranges.push(FileRange {
                         file,
@@ -356,6 +388,8 @@ impl<'w> Pager<'w> {
                 }
                 expert_bytes = expert_bytes.max(bytes);
                 expert_total += bytes;
+                sizes.push(bytes);
+                tensor_bytes.push(lens);
                 names.push(trio);
                 sources.push(ExpertSource::LocalFiles { ranges });
             }
@@ -418,12 +452,16 @@ impl<'w> Pager<'w> {
                     pins: 0,
                     protected: false,
                     prefetched: false,
+                    evicting: false,
                     error: None,
                 };
                 total
             ],
             demand_q: VecDeque::new(),
             prefetch_q: VecDeque::new(),
+            active: VecDeque::new(),
+            unstarted_bytes: 0,
+            evicting_bytes: 0,
             clock: 0,
             resident: 0,
             peak: 0,
@@ -433,13 +471,15 @@ impl<'w> Pager<'w> {
             pending_prefetch: None,
             shutdown: false,
         };
+        let chunk = source::chunk_for_budget(cfg.budget_bytes);
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
+            bytes: sizes,
+            slack: (READERS * chunk) as u64,
             work: Condvar::new(),
             done: Condvar::new(),
         });
-        let reader = Reader::open(&files, source::chunk_for_budget(cfg.budget_bytes))
-            .map_err(PagerError::Io)?;
+        let reader = Arc::new(Files::open(&files).map_err(PagerError::Io)?);
         if cfg.drop_page_cache {
             // Loading the model faulted its non-expert tensors in with the device's readahead
             // (often MiBs around each fault, in large folios that also hold expert bytes); a
@@ -454,13 +494,25 @@ impl<'w> Pager<'w> {
         for name in &non_expert {
             checkpoint.advise(name, Advice::WillNeed)?;
         }
-        let io = {
-            let shared = Arc::clone(&shared);
-            std::thread::Builder::new()
-                .name("swarmlm-pager-io".into())
-                .spawn(move || io_loop(shared, sources, reader, num_experts))
-                .map_err(PagerError::Io)?
-        };
+        let sources = Arc::new(sources);
+        let mut io = Vec::with_capacity(READERS);
+        for i in 0..READERS {
+            let (sh, sources, files) = (
+                Arc::clone(&shared),
+                Arc::clone(&sources),
+                Arc::clone(&reader),
+            );
+            let spawned = std::thread::Builder::new()
+                .name(format!("swarmlm-pager-io{i}"))
+                .spawn(move || io_loop(sh, sources, files, chunk, num_experts));
+            match spawned {
+                Ok(h) => io.push(h),
+                Err(e) => {
+                    stop(&shared, &mut io);
+                    return Err(PagerError::Io(e));
+                }
+            }
+        }
         Ok(Pager {
             checkpoint,
             cfg,
@@ -471,10 +523,11 @@ impl<'w> Pager<'w> {
             quotas,
             streaming,
             names,
+            tensor_bytes,
             edges,
             non_expert_bytes: all_bytes - expert_total,
             shared,
-            io: Some(io),
+            io,
         })
     }
 
@@ -530,17 +583,21 @@ impl<'w> Pager<'w> {
         let idx = layer * self.num_experts + expert;
         st.clock += 1;
         st.entries[idx].last_use = st.clock;
-        match st.entries[idx].status {
+        let mut victims = Vec::new();
+        let r = match st.entries[idx].status {
             Status::Absent | Status::Failed => {
-                if self.make_room(&mut st, idx, Tier::Protected)? {
+                if self.make_room(&mut st, idx, Tier::Protected, &mut victims) {
                     self.start_load(&mut st, idx, false);
-                    Ok(Residency::Loading)
+                    Residency::Loading
                 } else {
-                    Ok(Residency::NoRoom)
+                    Residency::NoRoom
                 }
             }
-            _ => Ok(residency_of(&st.entries[idx])),
-        }
+            _ => residency_of(&st.entries[idx]),
+        };
+        drop(st);
+        self.drop_victims(&victims)?;
+        Ok(r)
     }
 
     /// The start of a layer's expert work: `needed` are the experts the router picked, in
@@ -548,8 +605,18 @@ impl<'w> Pager<'w> {
     /// statistics of shakespeare-moe were computed in). Counts hits and misses and queues loads request by request,
     /// as a plain LRU sees them (an expert requested earlier in the list is not evicted by a
     /// later one; one not yet requested may be), then turns a pending lookahead prediction into
-    /// loads.
+    /// loads. The evicted experts' pages are dropped last, outside the lock, while the I/O
+    /// threads already read the new ones (the page cache holds at most the budget plus the
+    /// read buffers' size of expert bytes meanwhile: see `take_piece`).
     pub fn begin_layer(&self, layer: usize, needed: &[usize]) -> Result<(), PagerError> {
+        let mut victims = Vec::new();
+        self.plan_layer(layer, needed, &mut victims);
+        self.drop_victims(&victims)
+    }
+
+    /// The bookkeeping of [`Pager::begin_layer`], under the lock; evicted experts go to
+    /// `victims`.
+    fn plan_layer(&self, layer: usize, needed: &[usize], victims: &mut Vec<usize>) {
         let mut st = self.shared.lock();
         let base = layer * self.num_experts;
         for e in &mut st.entries[base..base + self.num_experts] {
@@ -577,7 +644,7 @@ impl<'w> Pager<'w> {
                 }
                 Status::Absent | Status::Failed => {
                     st.stats[layer].misses += 1;
-                    if self.make_room(&mut st, idx, Tier::Free)? {
+                    if self.make_room(&mut st, idx, Tier::Free, victims) {
                         self.start_load(&mut st, idx, false);
                     }
                 }
@@ -587,14 +654,14 @@ impl<'w> Pager<'w> {
             // A layer whose predictions mostly miss would only read experts nobody uses and
             // evict useful ones: see `prefetch_gate_open`.
             if !prefetch_gate_open(&st.stats[next]) {
-                return Ok(());
+                return;
             }
             let nbase = next * self.num_experts;
             for &e in &pred {
                 let idx = nbase + e;
                 st.entries[idx].protected = true;
                 if matches!(st.entries[idx].status, Status::Absent | Status::Failed)
-                    && self.make_room(&mut st, idx, Tier::Free)?
+                    && self.make_room(&mut st, idx, Tier::Free, victims)
                 {
                     self.start_load(&mut st, idx, true);
                     st.entries[idx].prefetched = true;
@@ -602,7 +669,6 @@ impl<'w> Pager<'w> {
                 }
             }
         }
-        Ok(())
     }
 
     /// Records the lookahead's prediction for `layer` (scored at that layer's routing) and, with
@@ -647,9 +713,16 @@ impl<'w> Pager<'w> {
                     });
                 }
                 Status::Absent | Status::Failed => {
-                    if self.make_room(&mut st, idx, Tier::Protected)? {
+                    let mut victims = Vec::new();
+                    let room = self.make_room(&mut st, idx, Tier::Protected, &mut victims);
+                    if room {
                         self.start_load(&mut st, idx, false);
                         attempted = true;
+                    }
+                    if room || !victims.is_empty() {
+                        drop(st);
+                        self.drop_victims(&victims)?;
+                        st = self.shared.lock();
                         continue;
                     }
                 }
@@ -671,15 +744,16 @@ impl<'w> Pager<'w> {
         e.protected = false;
     }
 
-    /// Frees slots until `idx` can take one; false if nothing in `tier` can go now.
-    fn make_room(&self, st: &mut State, idx: usize, tier: Tier) -> Result<bool, PagerError> {
+    /// Frees slots until `idx` can take one; false if nothing in `tier` can go now. Evicted
+    /// experts whose pages must be dropped are added to `victims` (see [`Pager::evict`]).
+    fn make_room(&self, st: &mut State, idx: usize, tier: Tier, victims: &mut Vec<usize>) -> bool {
         while st.resident >= self.slots {
             match self.pick_victim(st, idx, tier) {
-                Some(v) => self.evict(st, v)?,
-                None => return Ok(false),
+                Some(v) => self.evict(st, v, victims),
+                None => return false,
             }
         }
-        Ok(true)
+        true
     }
 
     fn pick_victim(&self, st: &State, idx: usize, tier: Tier) -> Option<usize> {
@@ -718,12 +792,16 @@ impl<'w> Pager<'w> {
         }
     }
 
-    fn evict(&self, st: &mut State, v: usize) -> Result<(), PagerError> {
+    /// Takes `v`'s slot. A queued expert just leaves the queue; a ready one is marked
+    /// `evicting` and added to `victims`, whose pages the caller drops with
+    /// [`Pager::drop_victims`] once it has released the lock.
+    fn evict(&self, st: &mut State, v: usize, victims: &mut Vec<usize>) {
         let layer = v / self.num_experts;
         let was = st.entries[v].status;
         if was == Status::Queued {
             st.demand_q.retain(|&i| i != v);
             st.prefetch_q.retain(|&i| i != v);
+            st.unstarted_bytes -= self.shared.bytes[v];
         }
         let e = &mut st.entries[v];
         let wasted = e.prefetched;
@@ -736,27 +814,66 @@ impl<'w> Pager<'w> {
             st.stats[layer].prefetch_wasted += 1;
         }
         if was == Status::Ready {
-            // An edge page goes too when every other expert sharing it is absent (its own
-            // entry is already Absent above).
-            let gone = |edge: &Option<Vec<usize>>| {
-                edge.as_ref().is_some_and(|o| {
-                    o.iter()
-                        .all(|&x| matches!(st.entries[x].status, Status::Absent | Status::Failed))
-                })
+            st.entries[v].evicting = true;
+            st.evicting_bytes += self.shared.bytes[v];
+            victims.push(v);
+        }
+    }
+
+    /// Drops the pages of evicted experts: from this process (`MADV_DONTNEED`) and, by
+    /// default, from the page cache. Runs without the lock, so the I/O threads read the experts
+    /// that replace them meanwhile; each victim's bytes are released from the overlap allowance
+    /// (`evicting_bytes`) when its pages are gone, even if a syscall failed.
+    fn drop_victims(&self, victims: &[usize]) -> Result<(), PagerError> {
+        let mut result = Ok(());
+        for &v in victims {
+            // An edge page goes too when every other expert sharing it is absent now (its own
+            // entry is already Absent). Decided at drop time: an expert queued since the
+            // eviction may already have read the shared page.
+            let gone: Vec<(bool, bool)> = {
+                let st = self.shared.lock();
+                let gone = |edge: &Option<Vec<usize>>| {
+                    edge.as_ref().is_some_and(|o| {
+                        o.iter().all(|&x| {
+                            matches!(st.entries[x].status, Status::Absent | Status::Failed)
+                        })
+                    })
+                };
+                self.edges[v]
+                    .iter()
+                    .map(|e| (gone(&e.head), gone(&e.tail)))
+                    .collect()
             };
-            for (name, edge) in self.names[v].iter().zip(&self.edges[v]) {
-                if self.cfg.drop_page_cache {
-                    self.checkpoint.drop_page_cache_edges(
-                        name,
-                        gone(&edge.head),
-                        gone(&edge.tail),
-                    )?;
+            let mut left = self.shared.bytes[v];
+            for (k, (name, (head, tail))) in self.names[v].iter().zip(gone).enumerate() {
+                let r = if self.cfg.drop_page_cache {
+                    self.checkpoint.drop_page_cache_edges(name, head, tail)
                 } else {
-                    self.checkpoint.advise(name, Advice::DontNeed)?;
+                    self.checkpoint.advise(name, Advice::DontNeed)
+                };
+                if let Err(e) = r {
+                    if result.is_ok() {
+                        result = Err(PagerError::from(e));
+                    }
                 }
+                // Each tensor's bytes are released as soon as they are gone, so the I/O threads
+                // wait for one tensor's drop (~20 ms for 117 MB), not a whole expert's.
+                let freed = if k == 2 {
+                    left
+                } else {
+                    self.tensor_bytes[v][k].min(left)
+                };
+                left -= freed;
+                let mut st = self.shared.lock();
+                st.evicting_bytes -= freed;
+                if k == 2 {
+                    st.entries[v].evicting = false;
+                }
+                drop(st);
+                self.shared.work.notify_all();
             }
         }
-        Ok(())
+        result
     }
 
     fn start_load(&self, st: &mut State, idx: usize, prefetch: bool) {
@@ -767,22 +884,29 @@ impl<'w> Pager<'w> {
         st.resident += 1;
         st.peak = st.peak.max(st.resident);
         st.per_layer[layer] += 1;
+        st.unstarted_bytes += self.shared.bytes[idx];
         if prefetch {
             st.prefetch_q.push_back(idx);
         } else {
             st.demand_q.push_back(idx);
         }
-        self.shared.work.notify_one();
+        // Every idle I/O thread: an expert is several pieces, read at once.
+        self.shared.work.notify_all();
     }
 }
 
 impl Drop for Pager<'_> {
     fn drop(&mut self) {
-        self.shared.lock().shutdown = true;
-        self.shared.work.notify_all();
-        if let Some(h) = self.io.take() {
-            let _ = h.join();
-        }
+        stop(&self.shared, &mut self.io);
+    }
+}
+
+/// Stops the I/O threads (each finishes the read it is in) and waits for them.
+fn stop(shared: &Shared, io: &mut Vec<JoinHandle<()>>) {
+    shared.lock().shutdown = true;
+    shared.work.notify_all();
+    for h in io.drain(..) {
+        let _ = h.join();
     }
 }
 
@@ -803,42 +927,136 @@ fn promote(st: &mut State, idx: usize) {
     }
 }
 
-/// The I/O thread: demand loads first, then prefetches, one at a time.
-fn io_loop(shared: Arc<Shared>, sources: Vec<ExpertSource>, mut reader: Reader, per_layer: usize) {
+/// One I/O thread: takes the next piece ([`take_piece`]), reads it without the lock, and
+/// marks its expert ready when its last piece is in.
+fn io_loop(
+    shared: Arc<Shared>,
+    sources: Arc<Vec<ExpertSource>>,
+    files: Arc<Files>,
+    chunk: usize,
+    per_layer: usize,
+) {
+    let mut buf = vec![0u8; chunk];
     let mut st = shared.lock();
     loop {
         if st.shutdown {
             return;
         }
-        let Some(idx) = st
-            .demand_q
-            .pop_front()
-            .or_else(|| st.prefetch_q.pop_front())
+        let Some((idx, piece)) = take_piece(&mut st, &shared, &sources, &files, chunk, per_layer)
         else {
             st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
             continue;
         };
-        st.entries[idx].status = Status::Loading;
         drop(st);
-        let result = reader.fill(&sources[idx]);
+        let result = files.read(piece, &mut buf);
         st = shared.lock();
-        let layer = idx / per_layer;
-        match result {
-            Ok(n) => {
-                st.entries[idx].status = Status::Ready;
-                st.stats[layer].bytes_read += n;
+        let Some(pos) = st.active.iter().position(|l| l.idx == idx) else {
+            continue;
+        };
+        let load = &mut st.active[pos];
+        load.outstanding -= 1;
+        if let Err(reason) = result {
+            // The expert has failed: the pieces nobody started are not read.
+            let skipped: u64 = load.pieces[load.next..].iter().map(|p| p.2 as u64).sum();
+            load.outstanding -= load.pieces.len() - load.next;
+            load.next = load.pieces.len();
+            load.error.get_or_insert(reason);
+            st.unstarted_bytes -= skipped;
+        }
+        if st.active[pos].outstanding == 0 {
+            let load = st.active.remove(pos).expect("position found above");
+            finish_load(&mut st, &shared, load, per_layer);
+        }
+    }
+}
+
+/// The next piece for an I/O thread, or `None` to wait: a piece of the oldest expert still
+/// being cut up, else the first piece of the next queued expert (demand before prefetch).
+///
+/// Evicted experts' pages are dropped by the compute thread after it has queued their
+/// replacements, so the disk need not wait for the drops; but those pages are still in
+/// memory. A piece is started only while the bytes still to be dropped are covered by the
+/// bytes of queued experts not yet started plus `slack`: the page cache then holds at most
+/// the budget plus `slack` (the read buffers' size) of expert bytes.
+fn take_piece(
+    st: &mut State,
+    shared: &Shared,
+    sources: &[ExpertSource],
+    files: &Files,
+    chunk: usize,
+    per_layer: usize,
+) -> Option<(usize, Piece)> {
+    loop {
+        let allowed = |st: &State, len: usize| {
+            st.evicting_bytes <= st.unstarted_bytes - len as u64 + shared.slack
+        };
+        if let Some(load) = st.active.iter().find(|l| l.next < l.pieces.len()) {
+            let piece = load.pieces[load.next];
+            if !allowed(st, piece.2) {
+                return None;
             }
-            Err(reason) => {
-                let e = &mut st.entries[idx];
-                e.status = Status::Failed;
-                e.error = Some(reason);
-                e.prefetched = false;
-                st.resident -= 1;
-                st.per_layer[layer] -= 1;
+            let idx = load.idx;
+            let load = st.active.iter_mut().find(|l| l.idx == idx)?;
+            load.next += 1;
+            st.unstarted_bytes -= piece.2 as u64;
+            return Some((idx, piece));
+        }
+        // An expert whose old pages are still being dropped waits for the drop to finish.
+        let ready = |q: &VecDeque<usize>| q.iter().position(|&i| !st.entries[i].evicting);
+        let idx = if let Some(p) = ready(&st.demand_q) {
+            st.demand_q.remove(p)?
+        } else if let Some(p) = ready(&st.prefetch_q) {
+            st.prefetch_q.remove(p)?
+        } else {
+            return None;
+        };
+        st.entries[idx].status = Status::Loading;
+        match files.plan(&sources[idx], chunk) {
+            Ok(pieces) if !pieces.is_empty() => {
+                let outstanding = pieces.len();
+                st.active.push_back(Load {
+                    idx,
+                    pieces,
+                    next: 0,
+                    outstanding,
+                    error: None,
+                });
+            }
+            planned => {
+                // Nothing to read (an empty expert) or nothing readable: done at once.
+                st.unstarted_bytes -= shared.bytes[idx];
+                let load = Load {
+                    idx,
+                    pieces: Vec::new(),
+                    next: 0,
+                    outstanding: 0,
+                    error: planned.err(),
+                };
+                finish_load(st, shared, load, per_layer);
             }
         }
-        shared.done.notify_all();
     }
+}
+
+/// An expert's last piece is in: ready, or failed with the first error.
+fn finish_load(st: &mut State, shared: &Shared, load: Load, per_layer: usize) {
+    let idx = load.idx;
+    let layer = idx / per_layer;
+    match load.error {
+        None => {
+            st.entries[idx].status = Status::Ready;
+            st.stats[layer].bytes_read += shared.bytes[idx];
+        }
+        Some(reason) => {
+            let e = &mut st.entries[idx];
+            e.status = Status::Failed;
+            e.error = Some(reason);
+            e.prefetched = false;
+            st.resident -= 1;
+            st.per_layer[layer] -= 1;
+        }
+    }
+    shared.done.notify_all();
 }
 
 /// An expert's weights, pinned for compute when a pager is attached; unpinned on drop.

@@ -1,15 +1,16 @@
 //! Where an expert's bytes come from when the pager makes it resident.
 //!
-//! Today every expert comes from the local checkpoint files: the I/O thread `pread`s the
+//! Today every expert comes from the local checkpoint files: the I/O threads `pread` the
 //! expert's three byte ranges, which puts them in the page cache, so the compute thread's later
 //! reads through the memory map are page-cache hits (minor faults, no disk wait). It reads
 //! with several threads at once (see [`READERS`]): one read at a time leaves most of a virtual
-//! disk's bandwidth unused.
+//! disk's bandwidth unused. An expert is cut into pieces ([`Files::plan`]) that the threads
+//! take one by one.
 //!
 //! **Extension point.** [`ExpertSource`] is deliberately a plain enum, not a trait: a second way
 //! of obtaining the bytes — e.g. pieces received from the swarm for an expert that is not yet
-//! on disk — is a new variant whose `fill` writes the verified bytes into the same file range
-//! (which also leaves them in the page cache) and returns the byte count. The pager's state
+//! on disk — is a new variant whose pieces ([`Files::plan`], [`Files::read`]) write the verified
+//! bytes into the same file range (which also leaves them in the page cache). The pager's state
 //! machine (`Queued → Loading → Ready | Failed`, the condvar the compute thread waits on, the
 //! budget accounting) does not change: it only sees "this expert's bytes are now resident" or
 //! "they could not be obtained".
@@ -34,13 +35,13 @@ pub enum ExpertSource {
     LocalFiles { ranges: Vec<FileRange> },
 }
 
-/// The I/O thread's own descriptors of the checkpoint files and its read buffers.
-pub(crate) struct Reader {
+/// The I/O threads' own descriptors of the checkpoint files, shared by the [`READERS`] threads.
+pub(crate) struct Files {
     files: Vec<(PathBuf, File)>,
-    /// One buffer per reader of [`READERS`], each `chunk` bytes.
-    bufs: Vec<Vec<u8>>,
-    chunk: usize,
 }
+
+/// One read of at most a piece size: `(file index, offset, length)`.
+pub(crate) type Piece = (usize, u64, usize);
 
 /// Reads in pieces of at most this size. The files are opened with `POSIX_FADV_RANDOM`, so a
 /// `pread` reads exactly its bytes (no readahead) and waits for them.
@@ -56,20 +57,22 @@ pub(crate) fn chunk_for_budget(budget_bytes: u64) -> usize {
     let share = usize::try_from(budget_bytes / BUDGET_SHARE_PER_READER).unwrap_or(MAX_CHUNK);
     share.clamp(MIN_CHUNK, MAX_CHUNK)
 }
-/// Reads in flight at once for one expert. Measured with `benchmarks/pager_io.py` reading
-/// 288 MiB ranges of the forged Mixtral files on the benchmark machine's virtual disk (idle):
-/// one 1 MiB `pread` at a time 554 MB/s, one 4 MiB 702, `dd iflag=direct bs=16M` 645,
-/// 4 threads × 1 MiB 859, 4 × 4 MiB 942, kernel readahead (`POSIX_FADV_WILLNEED`) 32–64 MiB
-/// ahead of a 4 MiB `pread` 940–953, 4 × 16 MiB and 8 × 8 MiB 1020. The disk wants ~64 MiB in
-/// flight; 4 readers × 16 MiB get there with the fewest threads (the buffers, 64 MiB, are the
-/// price, and are scaled down with the budget: [`chunk_for_budget`]).
-const READERS: usize = 4;
+/// Reader threads, each with one read of a piece in flight. Measured with
+/// `benchmarks/pager_io.py` reading 288 MiB ranges of the forged Mixtral files on the
+/// benchmark machine's virtual disk (idle): one 1 MiB `pread` at a time 554 MB/s, one 4 MiB
+/// 702, `dd iflag=direct bs=16M` 645, 4 threads × 1 MiB 859, 4 × 4 MiB 942, kernel readahead
+/// (`POSIX_FADV_WILLNEED`) 32–64 MiB ahead of a 4 MiB `pread` 940–953, 4 × 16 MiB and
+/// 8 × 8 MiB 1020. The disk wants ~64 MiB in flight; 4 readers × 16 MiB get there with the
+/// fewest threads (the buffers, 64 MiB, are the price, and are scaled down with the budget:
+/// [`chunk_for_budget`]). The threads live as long as the pager and take the next piece of
+/// whichever expert is loading, so the queue at the disk does not drain between experts.
+pub(crate) const READERS: usize = 4;
 
-impl Reader {
+impl Files {
     /// Opens `paths` read-only with readahead disabled (`POSIX_FADV_RANDOM`), so a read
     /// brings in exactly the expert's range and never its neighbours, which would be resident
     /// bytes the budget does not account for.
-    pub fn open(paths: &[PathBuf], chunk: usize) -> std::io::Result<Reader> {
+    pub fn open(paths: &[PathBuf]) -> std::io::Result<Files> {
         let mut files = Vec::with_capacity(paths.len());
         for p in paths {
             let f = File::open(p)?;
@@ -81,11 +84,7 @@ impl Reader {
             }
             files.push((p.clone(), f));
         }
-        Ok(Reader {
-            files,
-            bufs: vec![vec![0; chunk]; READERS],
-            chunk,
-        })
+        Ok(Files { files })
     }
 
     /// Asks the kernel to drop every unmapped page of the checkpoint files from the page cache.
@@ -103,8 +102,9 @@ impl Reader {
         Ok(())
     }
 
-    /// Makes the source's bytes resident in the page cache; returns the bytes read.
-    pub fn fill(&mut self, source: &ExpertSource) -> Result<u64, String> {
+    /// The reads that make the source's bytes resident in the page cache, in file order, each
+    /// at most `chunk` bytes.
+    pub fn plan(&self, source: &ExpertSource, chunk: usize) -> Result<Vec<Piece>, String> {
         match source {
             ExpertSource::LocalFiles { ranges } => {
                 let mut pieces = Vec::new();
@@ -114,50 +114,22 @@ impl Reader {
                     }
                     let mut at = r.offset;
                     while at < r.offset + r.len {
-                        let len = (r.offset + r.len - at).min(self.chunk as u64);
+                        let len = (r.offset + r.len - at).min(chunk as u64);
                         pieces.push((r.file, at, len as usize));
                         at += len;
                     }
                 }
-                self.read_pieces(&pieces)?;
-                Ok(ranges.iter().map(|r| r.len).sum())
+                Ok(pieces)
             }
         }
     }
 
-    /// Reads `(file, offset, len)` pieces with up to [`READERS`] threads, each taking the next
-    /// unread piece, so that many reads are queued at the disk at once and in file order.
-    fn read_pieces(&mut self, pieces: &[(usize, u64, usize)]) -> Result<(), String> {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let next = AtomicUsize::new(0);
-        let files = &self.files;
-        let work = |buf: &mut Vec<u8>| -> Result<(), String> {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&(file, offset, len)) = pieces.get(i) else {
-                    return Ok(());
-                };
-                let (path, f) = &files[file];
-                read_exact_at(f, path, &mut buf[..len], offset)?;
-            }
-        };
-        let work = &work;
-        let (first, rest) = self.bufs.split_first_mut().expect("READERS > 0");
-        let helpers = rest.len().min(pieces.len().saturating_sub(1));
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = rest[..helpers]
-                .iter_mut()
-                .map(|buf| scope.spawn(move || work(buf)))
-                .collect();
-            let mut result = work(first);
-            for h in handles {
-                let r = h
-                    .join()
-                    .unwrap_or_else(|_| Err("an expert reader thread panicked".to_string()));
-                result = result.and(r);
-            }
-            result
-        })
+    /// Reads one piece into `buf` (at least the piece's length), which leaves its bytes in
+    /// the page cache.
+    pub fn read(&self, piece: Piece, buf: &mut [u8]) -> Result<(), String> {
+        let (file, offset, len) = piece;
+        let (path, f) = &self.files[file];
+        read_exact_at(f, path, &mut buf[..len], offset)
     }
 }
 

@@ -24,7 +24,7 @@ pub struct LayerStats {
     pub predicted: u64,
     /// Of those, how many the router then actually picked.
     pub predicted_correct: u64,
-    /// Bytes the I/O thread read for this layer's experts.
+    /// Bytes the I/O threads read for this layer's experts.
     pub bytes_read: u64,
     /// Time the compute thread waited for this layer's experts.
     pub stall: Duration,
