@@ -12,7 +12,7 @@ pub enum Isa {
     /// AVX-512F + AVX512-BF16 (`vdpbf16ps`). With f32 activations it runs the AVX-512 path; the
     /// bf16 dot instruction is used only by the opt-in bf16-activation kernels.
     Avx512Bf16,
-    /// AVX-512F (+FMA).
+    /// AVX-512F (with AVX2+FMA, which every AVX-512F CPU has).
     Avx512,
     /// AVX2 + FMA.
     Avx2,
@@ -45,11 +45,9 @@ impl Isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            Isa::Avx512 => is_x86_feature_detected!("avx512f") && Isa::Avx2.is_supported(),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Bf16 => {
-                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bf16")
-            }
+            Isa::Avx512Bf16 => Isa::Avx512.is_supported() && is_x86_feature_detected!("avx512bf16"),
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,
         }

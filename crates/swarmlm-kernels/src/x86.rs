@@ -25,13 +25,19 @@ impl Avx2 {
     }
 }
 
-/// Proof that AVX-512F is available.
+/// Proof that AVX-512F is available, and AVX2+FMA with it (every AVX-512F CPU has them): the
+/// attention primitives without an AVX-512 version (vectorised `exp`, grouped scores and
+/// weighted sums) run the AVX2 ones rather than the trait's scalar defaults.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Avx512(());
+pub(crate) struct Avx512(Avx2);
 
 impl Avx512 {
     pub(crate) fn new() -> Option<Self> {
-        is_x86_feature_detected!("avx512f").then_some(Avx512(()))
+        if is_x86_feature_detected!("avx512f") {
+            Avx2::new().map(Avx512)
+        } else {
+            None
+        }
     }
 }
 
@@ -471,6 +477,33 @@ impl Backend for Avx512 {
         // SAFETY: the token proves AVX-512F; both slices have at least n elements.
         unsafe { avx512_axpy(a, &x[..n], &mut y[..n]) }
     }
+
+    fn exp_shift_sum(self, x: &mut [f32], shift: f32) -> f32 {
+        self.0.exp_shift_sum(x, shift)
+    }
+
+    fn scores_group(
+        self,
+        qs: &[f32],
+        keys: &[f32],
+        d: usize,
+        scale: f32,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        self.0.scores_group(qs, keys, d, scale, out, stride)
+    }
+
+    fn weighted_sum_group(
+        self,
+        ps: &[f32],
+        stride: usize,
+        values: &[f32],
+        d: usize,
+        outs: &mut [f32],
+    ) {
+        self.0.weighted_sum_group(ps, stride, values, d, outs)
+    }
 }
 
 #[inline]
@@ -654,6 +687,33 @@ impl Backend for Avx512Bf16 {
     #[inline]
     fn axpy_f32(self, a: f32, x: &[f32], y: &mut [f32]) {
         self.0.axpy_f32(a, x, y)
+    }
+
+    fn exp_shift_sum(self, x: &mut [f32], shift: f32) -> f32 {
+        self.0.exp_shift_sum(x, shift)
+    }
+
+    fn scores_group(
+        self,
+        qs: &[f32],
+        keys: &[f32],
+        d: usize,
+        scale: f32,
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        self.0.scores_group(qs, keys, d, scale, out, stride)
+    }
+
+    fn weighted_sum_group(
+        self,
+        ps: &[f32],
+        stride: usize,
+        values: &[f32],
+        d: usize,
+        outs: &mut [f32],
+    ) {
+        self.0.weighted_sum_group(ps, stride, values, d, outs)
     }
 }
 
