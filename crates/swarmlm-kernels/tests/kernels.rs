@@ -82,6 +82,18 @@ fn isa_reports_a_supported_path() {
     assert!(chosen.is_supported());
     assert_eq!(*Isa::available().last().unwrap(), Isa::Scalar);
     assert!(Isa::available().contains(&chosen));
+    // The emulated-AVX-512 run (scripts/emulate/avx512.sh) sets this so that a guest which
+    // silently lacks the feature fails instead of skipping the AVX-512 comparisons.
+    println!("isa: chosen {name}, available {:?}", Isa::available());
+    if let Ok(want) = std::env::var("SWARMLM_KERNELS_EXPECT_ISA") {
+        let want = Isa::from_name(&want).expect("SWARMLM_KERNELS_EXPECT_ISA names a known path");
+        assert!(
+            Isa::available().contains(&want),
+            "SWARMLM_KERNELS_EXPECT_ISA={}: not available here ({:?})",
+            want.name(),
+            Isa::available()
+        );
+    }
 }
 
 #[test]
