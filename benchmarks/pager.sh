@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Expert pager under a hard memory limit: a model 3x larger than the memory it may use.
 #
-#   sudo benchmarks/pager.sh                       # builds target/release/swarmlm if missing
-#   LIMIT=2G BUDGET=1GiB TOKENS=16 sudo -E benchmarks/pager.sh
+#   sudo benchmarks/pager.sh                       # case 1: builds target/release/swarmlm if missing
+#   LIMIT=2G BUDGET=1400MiB TOKENS=16 sudo -E benchmarks/pager.sh   # the same, spelled out
 #   LAYERS=8 LIMIT=4G BUDGET=2816MiB sudo -E benchmarks/pager.sh   # case 2: ~23 GB in 4 GiB
+#   ROUNDS=3 POLICIES=layer-lru:lookahead ...       # 3 rounds, swarmlm and llama.cpp interleaved
 #   MODEL=/path/to/forged KEEP=1 ...               # reuse a forged folder (never deleted)
 #   GGUF=/path/model.gguf ...                      # also run llama.cpp (llama-cpp-python) as peer
 #
@@ -16,12 +17,19 @@
 # the pager keeps the experts it does not need out of memory. Reported per run: decode tok/s,
 # bytes read from disk per token (/proc/<pid>/io read_bytes and the pager's own count), expert
 # hits and misses, the cgroup's peak memory and OOM kills, and whether the generated ids equal
-# the unlimited run's. The model and all outputs are deleted at the end (KEEP=1 keeps them).
+# the unlimited run's. With ROUNDS=N the limited runs (each policy, then llama.cpp) repeat N times
+# in turn, so disk speed drifting during the run hits both alike; each round's ratio to llama.cpp
+# is from that round, and the medians are printed at the end. The model and all outputs are
+# deleted at the end (KEEP=1 keeps them).
+#
+# Defaults are BENCHMARKS.md's case 1: 2 GiB limit, 1400 MiB budget (4 experts of 336 MiB: one
+# token's working set on 2 layers), 16 tokens.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 LIMIT=${LIMIT:-2G}
-BUDGET=${BUDGET:-1GiB}
+BUDGET=${BUDGET:-1400MiB}
+ROUNDS=${ROUNDS:-1}
 TOKENS=${TOKENS:-16}
 THREADS=${THREADS:-2}
 PROMPT_IDS=${PROMPT_IDS:-1,415,2187,302,4843,349}
@@ -159,28 +167,39 @@ cg_peak() {
     cat "$1/memory.peak" 2>/dev/null || cat "$1/memory.max_usage_in_bytes" 2>/dev/null || echo 0
 }
 
-echo "== unlimited run (reference output)" >&2
-run unlimited ""
-for pp in $POLICIES; do
-    policy=${pp%%:*}
-    prefetch=${pp##*:}
-    name="budget-$policy-$prefetch"
-    echo "== $LIMIT cgroup, --memory-budget $BUDGET, policy $policy, prefetch $prefetch" >&2
-    run "$name" "$LIMIT" --memory-budget "$BUDGET" --pager-policy "$policy" --prefetch "$prefetch" --stats
-    sed -n '/expert pager/,$p' "$WORK/$name.stats" >&2 || true
-done
+LLAMA=0
 if [[ -n "$GGUF" ]]; then
     if python3 -c "import llama_cpp" 2>/dev/null && [[ -f "$LLAMA_BENCH" && -f "$GGUF" ]]; then
-        echo "== llama.cpp (mmap, kernel paging), unlimited then in the $LIMIT cgroup" >&2
-        run llama.cpp-unlimited ""
-        run llama.cpp-cgroup "$LIMIT"
+        LLAMA=1
     else
         echo "== llama.cpp skipped: needs python3 -c 'import llama_cpp', $LLAMA_BENCH and $GGUF" >&2
     fi
 fi
+echo "== unlimited run (reference output)" >&2
+run unlimited ""
+if [[ $LLAMA == 1 ]]; then
+    echo "== llama.cpp (mmap, kernel paging), unlimited (its reference output)" >&2
+    run llama.cpp-unlimited ""
+fi
+for ((r = 1; r <= ROUNDS; r++)); do
+    sfx=""
+    [[ $ROUNDS == 1 ]] || sfx="-r$r"
+    for pp in $POLICIES; do
+        policy=${pp%%:*}
+        prefetch=${pp##*:}
+        name="budget-$policy-$prefetch$sfx"
+        echo "== $LIMIT cgroup, --memory-budget $BUDGET, policy $policy, prefetch $prefetch$sfx" >&2
+        run "$name" "$LIMIT" --memory-budget "$BUDGET" --pager-policy "$policy" --prefetch "$prefetch" --stats
+        sed -n '/expert pager/,$p' "$WORK/$name.stats" >&2 || true
+    done
+    if [[ $LLAMA == 1 ]]; then
+        echo "== llama.cpp (mmap, kernel paging) in the $LIMIT cgroup$sfx" >&2
+        run "llama.cpp-cgroup$sfx" "$LIMIT"
+    fi
+done
 
 python3 - "$WORK" "$TOKENS" "$DD_MBPS" "$LIMIT" "$BUDGET" "$MODEL" "$LAYERS" <<'PY'
-import json, os, sys
+import json, os, re, statistics, sys
 work, tokens, dd, limit, budget, model, layers = sys.argv[1:8]
 tokens = int(tokens)
 cfg = json.load(open(f"{model}/config.json"))
@@ -218,9 +237,20 @@ names = ["unlimited"] + sorted(n[:-5] for n in os.listdir(work)
 print(f"mixtral-8x7b --layers {layers}, {tokens} greedy tokens; dd iflag=direct {dd} MB/s; "
       f"cgroup memory {limit}, --memory-budget {budget}; expert {expert/1e6:.0f} MB, "
       f"non-expert {non_expert/1e6:.0f} MB (read once; disk MB/tok counts it)")
-print(f"{'run':<28} {'rc':>3} {'oom':>4} {'decode tok/s':>12} {'disk MB/tok':>11} "
+print(f"{'run':<31} {'rc':>3} {'oom':>4} {'decode tok/s':>12} {'x llama':>7} {'disk MB/tok':>11} "
       f"{'disk/(miss*exp)':>15} {'hits':>6} {'misses':>6} {'hit%':>5} {'disk busy':>9} "
       f"{'dec MB/s':>8} {'dec/dd':>6} {'dec busy':>8} {'cg peak MB':>10} {'same ids':>8}")
+def round_of(n):
+    m = re.search(r"-r(\d+)$", n)
+    return m.group(1) if m else ""
+# llama.cpp's decode tok/s in the cgroup, per round (the ratio is taken within a round).
+llama = {}
+for n in names:
+    if n.startswith("llama.cpp-cgroup"):
+        j = load(n)[0]
+        if j is not None:
+            llama[round_of(n)] = j["decode_tokens_per_s"]
+per_config = {}
 for n in names:
     j, rc, oom, peak, rb, busy = load(n)
     if j is None:
@@ -237,8 +267,26 @@ for n in names:
     dmbs_s = f"{dmbs:.0f}" if dmbs is not None else "-"
     ddr = f"{dmbs / float(dd):.2f}" if dmbs is not None else "-"
     dbusy_s = f"{100 * dbusy:.0f}%" if dbusy is not None else "-"
-    print(f"{n:<28} {rc:>3} {oom:>4} {j['decode_tokens_per_s']:>12.3f} {rb/ntok/1e6:>11.1f} "
+    tps = j["decode_tokens_per_s"]
+    peer = llama.get(round_of(n)) if n.startswith("budget-") else None
+    xl = f"{tps / peer:.2f}" if peer else "-"
+    if n.startswith("budget-") or n.startswith("llama.cpp-cgroup"):
+        c = per_config.setdefault(re.sub(r"-r\d+$", "", n), {"tps": [], "x": [], "busy": []})
+        c["tps"].append(tps)
+        if peer:
+            c["x"].append(tps / peer)
+        if dbusy is not None:
+            c["busy"].append(dbusy)
+    print(f"{n:<31} {rc:>3} {oom:>4} {tps:>12.3f} {xl:>7} {rb/ntok/1e6:>11.1f} "
           f"{ratio:>15} {str(hits if hits is not None else '-'):>6} "
           f"{str(misses if misses is not None else '-'):>6} {hr:>5} {100*busy:>8.0f}% "
           f"{dmbs_s:>8} {ddr:>6} {dbusy_s:>8} {peak/1e6:>10.0f} {str(same):>8}")
+rounds = max((len(c["tps"]) for c in per_config.values()), default=0)
+if rounds > 1:
+    print(f"medians over {rounds} rounds (ratio to llama.cpp taken within each round):")
+    for n, c in per_config.items():
+        x = f"{statistics.median(c['x']):.2f} ({min(c['x']):.2f}-{max(c['x']):.2f})" if c["x"] else "-"
+        b = f"{100 * statistics.median(c['busy']):.0f}%" if c["busy"] else "-"
+        print(f"  {n:<28} decode tok/s {statistics.median(c['tps']):.3f} "
+              f"({min(c['tps']):.3f}-{max(c['tps']):.3f}), x llama.cpp {x}, decode busy {b}")
 PY
