@@ -3,9 +3,10 @@
 //! librqbit 9.1.0 drops a peer whose piece fails its hash, but its per-peer counters have no
 //! "rejected" field: the only place the fact surfaces is one `warn!` event
 //! ("checksum for piece=N did not validate", with the peer's address). A stall report must
-//! name the bad peers (traps 12 and 14), so this module taps that event: [`runtime`] builds
-//! the tokio runtime that drives librqbit with a thread-local tracing dispatcher that records
-//! those events and forwards everything to whatever subscriber the program installed.
+//! name the bad peers (traps 12 and 14), so this module taps that event: [`transfer_runtime`]
+//! and [`runtime`] build the tokio runtimes that drive librqbit with a thread-local tracing
+//! dispatcher that records those events and forwards everything to whatever subscriber the
+//! program installed.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, OnceLock};
@@ -149,25 +150,64 @@ impl Subscriber for Tap {
     }
 }
 
-/// Builds the multi-threaded tokio runtime librqbit runs on, with the rejection tap
-/// installed on every one of its threads (workers and blocking pool alike).
+/// The tokio runtime librqbit runs on, with the rejection tap on every thread that runs its
+/// tasks. Futures are driven through [`SwarmRuntime::block_on`], which puts the tap on the
+/// calling thread too: on a current-thread runtime that thread runs every task.
+pub struct SwarmRuntime {
+    rt: tokio::runtime::Runtime,
+    tap: Dispatch,
+}
+
+impl SwarmRuntime {
+    /// Runs `future` to completion on this runtime, the rejection tap installed.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        tracing::dispatcher::with_default(&self.tap, || self.rt.block_on(future))
+    }
+}
+
+/// The runtime for `fetch` and `seed`: one thread runs every librqbit task, and a piece's
+/// disk write, SHA-1 check and upload read run inline on it.
+///
+/// On a multi-threaded runtime librqbit wraps each of those (one per 16 KiB block) in
+/// `block_in_place`, which hands the worker's queue to another thread and back: a 2 GB
+/// loopback fetch made 200k+ context switches in the leecher and as many in the seeder, and
+/// the handoffs, not the hashing or the copies, bounded the transfer at ~165 MB/s on 2
+/// cores. On this runtime librqbit calls them directly (its `BlockingSpawner` checks the
+/// flavour), as the rqbit CLI does with `--single-thread-runtime`: ~360 MB/s, and the second
+/// core is left to the SHA-256 hasher thread ([`crate::hasher`]) and the peer. The cost: a
+/// long blocking step (librqbit's full re-check of a partial download on resume) holds the
+/// thread, so the progress loop waits for it to end.
 ///
 /// Call it after the program's tracing subscriber is installed: the tap forwards to the
 /// subscriber that is the default at this moment.
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+pub fn transfer_runtime() -> std::io::Result<SwarmRuntime> {
+    build(tokio::runtime::Builder::new_current_thread())
+}
+
+/// A multi-threaded runtime for processes that do more than transfer (the HTTP server):
+/// librqbit's blocking steps then run through `block_in_place` and never hold up other
+/// tasks, at the price of the handoffs described at [`transfer_runtime`].
+pub fn runtime() -> std::io::Result<SwarmRuntime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.max_blocking_threads(crate::session::RUNTIME_BLOCKING_THREADS);
+    build(builder)
+}
+
+fn build(mut builder: tokio::runtime::Builder) -> std::io::Result<SwarmRuntime> {
     let inner = tracing::dispatcher::get_default(|d| d.clone());
     let max_level = std::cmp::max(LevelFilter::current(), LevelFilter::WARN);
     let tap = Dispatch::new(Tap { inner, max_level });
-    tokio::runtime::Builder::new_multi_thread()
+    let thread_tap = tap.clone();
+    let rt = builder
         .enable_all()
-        .max_blocking_threads(crate::session::RUNTIME_BLOCKING_THREADS)
         .thread_name("swarmlm-net")
         .on_thread_start(move || {
             // The guard restores the previous default when dropped; the thread lives exactly
             // as long as the runtime needs the tap, so it is kept for the thread's lifetime.
-            std::mem::forget(tracing::dispatcher::set_default(&tap));
+            std::mem::forget(tracing::dispatcher::set_default(&thread_tap));
         })
-        .build()
+        .build()?;
+    Ok(SwarmRuntime { rt, tap })
 }
 
 #[cfg(test)]
@@ -200,25 +240,45 @@ mod tests {
         assert!(rejected_pieces("00").is_empty());
     }
 
+    fn warn_rejection(info_hash: &'static str, piece: u32) {
+        tracing::warn!(
+            target: "librqbit::torrent_state::live",
+            id = 0,
+            info_hash,
+            addr = ?"127.0.0.1:4242".parse::<std::net::SocketAddr>().unwrap(),
+            "checksum for piece={} did not validate. disconnecting peer.",
+            piece
+        );
+    }
+
     #[test]
     fn tap_sees_events_on_runtime_threads() {
+        // Multi-threaded: spawned tasks run on the runtime's workers.
         let rt = runtime().unwrap();
         rt.block_on(async {
-            tokio::spawn(async {
-                tracing::warn!(
-                    target: "librqbit::torrent_state::live",
-                    id = 0,
-                    info_hash = "feedbeef",
-                    addr = ?"127.0.0.1:4242".parse::<std::net::SocketAddr>().unwrap(),
-                    "checksum for piece={} did not validate. disconnecting peer.",
-                    42
-                );
-            })
-            .await
-            .unwrap();
+            tokio::spawn(async { warn_rejection("feedbeef", 42) })
+                .await
+                .unwrap();
         });
         // The Debug rendering of a &str field keeps its quotes.
         let got = rejected_pieces("\"feedbeef\"");
         assert_eq!(got.get("127.0.0.1:4242"), Some(&vec![42]));
+
+        // Current-thread: every task runs on the thread that called block_on, and the
+        // blocking pool has threads of its own.
+        let rt = transfer_runtime().unwrap();
+        rt.block_on(async {
+            tokio::spawn(async { warn_rejection("cafe0001", 7) })
+                .await
+                .unwrap();
+            tokio::task::spawn_blocking(|| warn_rejection("cafe0001", 8))
+                .await
+                .unwrap();
+        });
+        let got = rejected_pieces("\"cafe0001\"");
+        assert_eq!(got.get("127.0.0.1:4242"), Some(&vec![7, 8]));
+        // Outside block_on the tap is not installed on this thread.
+        warn_rejection("cafe0002", 9);
+        assert!(rejected_pieces("\"cafe0002\"").is_empty());
     }
 }

@@ -18,7 +18,8 @@ use librqbit::{
 use crate::error::SwarmError;
 
 /// librqbit's blocking-work semaphore (hash checks, disk writes, streams): how many of those
-/// may run at once, each through `block_in_place`. Trap 11: every open `FileStream` holds a
+/// may run at once, each through `block_in_place`, on the multi-threaded [`crate::runtime`]
+/// (on [`crate::transfer_runtime`] they run inline and take no permit). Trap 11: every open `FileStream` holds a
 /// permit, so this must be at least open streams + 8; swarmlm opens none. More than 8 only
 /// added threads handing the runtime's workers back and forth: with 32 permits (and tokio's
 /// default of 512 blocking threads) a 1 GB loopback fetch made 4x the context switches of
@@ -253,7 +254,7 @@ mod tests {
     #[test]
     fn loopback_session_binds_127_0_0_1_and_talks_to_nobody() {
         let dir = tempfile::tempdir().unwrap();
-        let rt = crate::rejects::runtime().unwrap();
+        let rt = crate::rejects::transfer_runtime().unwrap();
         rt.block_on(async {
             let cfg = SessionConfig::loopback();
             assert!(!cfg.dht && !cfg.lsd && !cfg.upnp);

@@ -105,7 +105,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let session_cfg = opts.session.clone();
     let renderer = Renderer::new(args.json);
-    let rt = swarmlm_swarm::runtime().context("cannot start the async runtime")?;
+    let rt = swarmlm_swarm::transfer_runtime().context("cannot start the async runtime")?;
     let outcome = rt
         .block_on(swarmlm_swarm::fetch(source, opts, &|e| renderer.event(e)))
         .map_err(with_hint)?;

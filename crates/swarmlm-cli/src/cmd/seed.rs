@@ -79,7 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         recheck: args.recheck,
     };
     let renderer = SeedRenderer::new(args.json);
-    let rt = swarmlm_swarm::runtime().context("cannot start the async runtime")?;
+    let rt = swarmlm_swarm::transfer_runtime().context("cannot start the async runtime")?;
     rt.block_on(swarmlm_swarm::seed(
         target,
         opts,
