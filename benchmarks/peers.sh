@@ -6,6 +6,7 @@
 #   MODELS=small benchmarks/peers.sh          # only the small preset
 #   PEERS=llama PREFILL_LEN=64 benchmarks/peers.sh   # without candle, a shorter prefill prompt
 #   BIG_F32=0 benchmarks/peers.sh             # skip llama.cpp f32 on the 6.33 GB model (12.7 GB GGUF)
+#   BIG_CANDLE=1 benchmarks/peers.sh          # candle f32 on the 6.33 GB model too (~13 GB of RAM)
 #   SWARMLM_BIN=.. PROBE_BIN=.. CANDLE_BIN=.. benchmarks/peers.sh   # use binaries built elsewhere
 #   LLAMA_PASSIVE=1 benchmarks/peers.sh       # also llama.cpp bf16 with OMP_WAIT_POLICY=passive
 #   SWARMLM_BASE_BIN=/path/to/old/swarmlm benchmarks/peers.sh   # also an older swarmlm (before/after)
@@ -99,9 +100,9 @@ for m in $MODELS; do
     done
     # candle-transformers 0.11.1's Mixtral fails in bf16 on the CPU ("dtype mismatch in mul,
     # lhs: BF16, rhs: F32" in its forward), so candle runs in f32, which copies every weight
-    # into memory at twice its size: only on the small model (12.7 GB for the 6.33 GB one).
-    # CANDLE_DTYPES=bf16,f32 tries bf16 too.
-    if [[ " $PEERS " == *" candle "* && "$m" == small ]]; then
+    # into memory at twice its size: only on the small model (12.7 GB for the 6.33 GB one)
+    # unless BIG_CANDLE=1. CANDLE_DTYPES=bf16,f32 tries bf16 too.
+    if [[ " $PEERS " == *" candle "* && ("$m" == small || "${BIG_CANDLE:-0}" == 1) ]]; then
         RUN_ARGS+=(--candle-dtype "$m=${CANDLE_DTYPES:-f32}")
     fi
 done
