@@ -1,19 +1,32 @@
 #!/usr/bin/env bash
-# Loopback transfer of a ~2 GB model, one seeder and one leecher, warm page cache, three
-# pairs measured the same way (wall time of the leecher process, start to exit):
-#   swarmlm seed -> swarmlm fetch   (by manifest, --peer; SHA-256 of every file included)
-#   rqbit -> rqbit                  (the rqbit CLI built from its crate; RQBIT=/path/to/rqbit;
-#                                    the seeder is `rqbit download --overwrite` on the data)
-#   aria2c -> aria2c                (through a loopback opentracker: aria2c cannot be given a
-#                                    peer by hand)
-# Each seeder is started once; its leecher runs RUNS times into a fresh folder, deleted after
-# each run. Everything stays on 127.0.0.1 with DHT, LSD and UPnP off.
+# Loopback transfer of a ~2 GB model, one seeder and one leecher, warm page cache. Pairs
+# (wall time of the leecher process, start to exit):
+#   swarmlm          swarmlm seed -> swarmlm fetch by manifest (--peer; BEP 9 metadata first,
+#                    SHA-256 of every file included)
+#   swarmlm-torrent  the same fetch given the .torrent (what rqbit and aria2c are given)
+#   rqbit            the rqbit CLI, default runtime (RQBIT=/path/to/rqbit; the seeder is
+#                    `rqbit download --overwrite` on the data)
+#   rqbit-st         the rqbit CLI with --single-thread-runtime on both sides (RQBIT_ST=1)
+#   aria2c           through a loopback opentracker (aria2c cannot be given a peer by hand)
+#   swarmlm-seed>rqbit, rqbit-seed>swarmlm   mixed pairs (CROSS=1)
+# Each seeder is started once. Before every timed run, whatever the client: the previous
+# output is deleted and `sync`ed away, PRIME_MB of memory is touched and freed, and the
+# payload is read again. The priming matters in a VM with free page reporting (as here):
+# page cache that lands on guest memory the host has reclaimed costs a host fault per page
+# (2 GB written into it: 3.6 s, against 0.7 s into memory just freed), so without it the
+# first client of a run, or any run after a pause, is slower for reasons of its own. The
+# pair order rotates from run to run. Each line reports the CPU seconds of the leecher
+# (user+sys), of its seeder, and of everything else on the machine in that window (kernel
+# softirq work of loopback TCP included): a large "other" means the run was disturbed.
+# Everything stays on 127.0.0.1 with DHT, LSD and UPnP off.
 #
 # Usage: benchmarks/transfer.sh [SIZE_MB]      (default 2048)
-#   RUNS=3        leecher runs per pair
-#   RQBIT=path    the rqbit CLI (skipped when unset)
+#   RUNS=5        timed runs per pair
+#   RQBIT=path    the rqbit CLI (its pairs skipped when unset); RQBIT_ST=1 adds rqbit-st
+#   CROSS=1       adds the mixed pairs
+#   PRIME_MB=3072 memory touched and freed before each run (0: none)
 #   SWARMLM=path  the swarmlm binary (default: a release build, built here)
-# Needs: aria2c, opentracker, python3 (writes the torrent).
+# Needs: aria2c, opentracker, python3 (writes the torrent), /usr/bin/time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -104,43 +117,16 @@ OT_USER=(); [[ $(id -u) == 0 ]] && OT_USER=(-u nobody)
 opentracker -i 127.0.0.1 -p "$TRACKER_PORT" -P "$TRACKER_PORT" -d "$WORK" -w whitelist "${OT_USER[@]}" >/dev/null 2>&1 &
 PIDS+=($!)
 
-mbps() { python3 -c "print(f'{$1/$2/1e6:.0f}')"; }
-now() { date +%s.%N; }
-RUNS=${RUNS:-3}
-exec 3>&1 # time_leech's report, whatever its leecher's stdout is sent to
-# time_leech NAME OUTDIR CMD...: runs the leecher, checks one shard, prints and records seconds.
-declare -A TIMES
-time_leech() {
-    local name=$1 out=$2; shift 2
-    rm -rf "$out"
-    local t0 t1 s
-    t0=$(now)
-    "$@"
-    t1=$(now)
-    s=$(python3 -c "print(f'{$t1-$t0:.2f}')")
-    local got
-    got=$(find "$out" -name model-00002-of-00003.safetensors | head -1)
-    cmp "$MODEL/model-00002-of-00003.safetensors" "$got"
-    rm -rf "$out"
-    TIMES[$name]="${TIMES[$name]:-} $s"
-    echo "$name: $TOTAL bytes in ${s}s = $(mbps "$TOTAL" "$s") MB/s" >&3
-}
-
 echo "== starting seeders" >&2
 "$SWARMLM" seed "$MODEL" --listen 127.0.0.1:0 --no-dht --json > "$WORK/seed.log" 2>/dev/null &
 PIDS+=($!)
+SW_PID=$!
 for _ in $(seq 600); do grep -q '"event":"seeding"' "$WORK/seed.log" && break; sleep 0.1; done
 LISTEN=$(python3 -c 'import json,sys; print([json.loads(l) for l in open(sys.argv[1]) if "seeding" in l][0]["listen"])' "$WORK/seed.log")
 
-RQ_COMMON=(--disable-dht --disable-dht-persistence --disable-upnp-port-forward --disable-lsd
-    --disable-trackers --listen-ip 127.0.0.1 -v error)
-if [[ -n "${RQBIT:-}" ]]; then
-    RQ_PORT=$(free_port); RQ_API=$(free_port)
-    "$RQBIT" "${RQ_COMMON[@]}" --listen-port "$RQ_PORT" --http-api-listen-addr "127.0.0.1:$RQ_API" \
-        download --overwrite -o "$WORK/seed" "$WORK/bench.torrent" >/dev/null 2>&1 &
-    PIDS+=($!)
-    # Seeding starts once its check of the data is done.
-    python3 - "$RQ_API" <<'PY'
+# rqbit_ready API_PORT: waits until that rqbit seeder has checked its data and is seeding.
+rqbit_ready() {
+    python3 - "$1" <<'PY'
 import json, sys, time, urllib.request
 for _ in range(1200):
     try:
@@ -152,6 +138,27 @@ for _ in range(1200):
     time.sleep(0.25)
 sys.exit("rqbit seeder did not finish checking its data")
 PY
+}
+
+RQ_COMMON=(--disable-dht --disable-dht-persistence --disable-upnp-port-forward --disable-lsd
+    --disable-trackers --listen-ip 127.0.0.1 -v error)
+if [[ -n "${RQBIT:-}" ]]; then
+    RQ_PORT=$(free_port); RQ_API=$(free_port)
+    "$RQBIT" "${RQ_COMMON[@]}" --listen-port "$RQ_PORT" --http-api-listen-addr "127.0.0.1:$RQ_API" \
+        download --overwrite -o "$WORK/seed" "$WORK/bench.torrent" >/dev/null 2>&1 &
+    PIDS+=($!)
+    RQ_PID=$!
+    rqbit_ready "$RQ_API"
+fi
+
+if [[ -n "${RQBIT:-}" && -n "${RQBIT_ST:-}" ]]; then
+    RQS_PORT=$(free_port); RQS_API=$(free_port)
+    "$RQBIT" --single-thread-runtime "${RQ_COMMON[@]}" --listen-port "$RQS_PORT" \
+        --http-api-listen-addr "127.0.0.1:$RQS_API" \
+        download --overwrite -o "$WORK/seed" "$WORK/bench.torrent" >/dev/null 2>&1 &
+    PIDS+=($!)
+    RQS_PID=$!
+    rqbit_ready "$RQS_API"
 fi
 
 ARIA_COMMON=(--enable-dht=false --enable-dht6=false --bt-enable-lpd=false --enable-peer-exchange=false
@@ -159,52 +166,96 @@ ARIA_COMMON=(--enable-dht=false --enable-dht6=false --bt-enable-lpd=false --enab
 aria2c "$WORK/bench.torrent" --dir="$WORK/seed" --seed-ratio=0.0 --bt-seed-unverified=true --check-integrity=false \
     --listen-port="$(free_port)" "${ARIA_COMMON[@]}" >/dev/null 2>&1 &
 PIDS+=($!)
+AR_PID=$!
 sleep 3
 
-for run in $(seq "$RUNS"); do
-    echo "== run $run of $RUNS" >&2
-    time_leech swarmlm "$WORK/swarmlm-out" \
-        "$SWARMLM" fetch "$WORK/bench.toml" --out "$WORK/swarmlm-out" --peer "$LISTEN" --no-dht \
-        --listen 127.0.0.1:0 --json > "$WORK/fetch-$run.log"
-    python3 - "$WORK/fetch-$run.log" <<'PY'
-import json, sys
-done = [json.loads(l) for l in open(sys.argv[1])][-1]
-print("  (swarmlm fetch in-process: %.2fs)" % done["elapsed_secs"])
-PY
-    if [[ -n "${RQBIT:-}" ]]; then
-        time_leech rqbit "$WORK/rqbit-out" \
-            "$RQBIT" "${RQ_COMMON[@]}" download --disable-http-api --exit-on-finish \
-            --initial-peers "127.0.0.1:$RQ_PORT" -o "$WORK/rqbit-out" "$WORK/bench.torrent" >/dev/null 2>&1
-    fi
-    if [[ -n "${RQBIT:-}" && -n "${CROSS:-}" ]]; then
-        # Mixed pairs: which side (seeder or leecher) sets the pace.
-        time_leech "swarmlm-seed>rqbit" "$WORK/rqbit-out" \
-            "$RQBIT" "${RQ_COMMON[@]}" download --disable-http-api --exit-on-finish \
-            --initial-peers "$LISTEN" -o "$WORK/rqbit-out" "$WORK/bench.torrent" >/dev/null 2>&1
-        time_leech "rqbit-seed>swarmlm" "$WORK/swarmlm-out" \
-            "$SWARMLM" fetch "$WORK/bench.toml" --out "$WORK/swarmlm-out" --peer "127.0.0.1:$RQ_PORT" \
-            --no-dht --listen 127.0.0.1:0 --json > /dev/null
-    fi
-    time_leech aria2c "$WORK/aria-out" \
-        aria2c "$WORK/bench.torrent" --dir="$WORK/aria-out" --seed-time=0 --bt-tracker-interval=1 \
-        --listen-port="$(free_port)" "${ARIA_COMMON[@]}" >/dev/null
-done
+PAIRS=(swarmlm swarmlm-torrent)
+[[ -n "${RQBIT:-}" ]] && PAIRS+=(rqbit)
+[[ -n "${RQBIT:-}" && -n "${RQBIT_ST:-}" ]] && PAIRS+=(rqbit-st)
+PAIRS+=(aria2c)
+[[ -n "${RQBIT:-}" && -n "${CROSS:-}" ]] && PAIRS+=("swarmlm-seed>rqbit" "rqbit-seed>swarmlm")
 
-echo "== summary: $TOTAL bytes, $RUNS runs; ratio = swarmlm / peer, of the medians"
-ARGS=(); for k in "${!TIMES[@]}"; do ARGS+=("$k=${TIMES[$k]}"); done
-python3 - "$TOTAL" "${ARGS[@]}" <<'PY'
+# pair_cmd PAIR OUT: sets SEEDER (pid) and CMD (the leecher) for one pair.
+pair_cmd() {
+    local out=$2
+    local sw_fetch=("$SWARMLM" fetch --out "$out" --no-dht --listen 127.0.0.1:0 --json)
+    local rq_dl=(download --disable-http-api --exit-on-finish -o "$out" "$WORK/bench.torrent")
+    case $1 in
+    swarmlm) SEEDER=$SW_PID; CMD=("${sw_fetch[@]}" --peer "$LISTEN" "$WORK/bench.toml") ;;
+    swarmlm-torrent) SEEDER=$SW_PID; CMD=("${sw_fetch[@]}" --peer "$LISTEN" "$WORK/bench.torrent") ;;
+    rqbit) SEEDER=$RQ_PID; CMD=("$RQBIT" "${RQ_COMMON[@]}" "${rq_dl[@]}" --initial-peers "127.0.0.1:$RQ_PORT") ;;
+    rqbit-st) SEEDER=$RQS_PID
+        CMD=("$RQBIT" --single-thread-runtime "${RQ_COMMON[@]}" "${rq_dl[@]}" --initial-peers "127.0.0.1:$RQS_PORT") ;;
+    aria2c) SEEDER=$AR_PID
+        CMD=(aria2c "$WORK/bench.torrent" --dir="$out" --seed-time=0 --bt-tracker-interval=1
+            --listen-port="$(free_port)" "${ARIA_COMMON[@]}") ;;
+    "swarmlm-seed>rqbit") SEEDER=$SW_PID; CMD=("$RQBIT" "${RQ_COMMON[@]}" "${rq_dl[@]}" --initial-peers "$LISTEN") ;;
+    "rqbit-seed>swarmlm") SEEDER=$RQ_PID; CMD=("${sw_fetch[@]}" --peer "127.0.0.1:$RQ_PORT" "$WORK/bench.toml") ;;
+    esac
+}
+
+proc_cpu() { awk '{printf "%.2f", ($14 + $15) / 100}' "/proc/$1/stat"; }       # utime+stime, s
+busy_cpu() { awk '/^cpu /{printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / 100; exit}' /proc/stat; }
+PRIME_MB=${PRIME_MB:-3072}
+RUNS=${RUNS:-5}
+RESULTS="$WORK/results.tsv"
+: > "$RESULTS"
+OUT="$WORK/out"
+for run in $(seq "$RUNS"); do
+    echo "== run $run of $RUNS ($(cut -d' ' -f1-3 /proc/loadavg))" >&2
+    n=${#PAIRS[@]}
+    for i in $(seq 0 $((n - 1))); do
+        pair=${PAIRS[$(((i + run - 1) % n))]}
+        rm -rf "$OUT"
+        sync
+        if [[ $PRIME_MB -gt 0 ]]; then
+            python3 -c "b = bytearray($PRIME_MB << 20); b[::4096] = b'\x01' * len(b[::4096])"
+        fi
+        cat "$MODEL"/* > /dev/null
+        pair_cmd "$pair" "$OUT"
+        s0=$(proc_cpu "$SEEDER"); b0=$(busy_cpu); t0=$(date +%s.%N)
+        /usr/bin/time -f "%U %S" -o "$WORK/time.txt" "${CMD[@]}" > "$WORK/leech.log" 2>&1
+        t1=$(date +%s.%N); b1=$(busy_cpu); s1=$(proc_cpu "$SEEDER")
+        got=$(find "$OUT" -name model-00002-of-00003.safetensors | head -1)
+        cmp "$MODEL/model-00002-of-00003.safetensors" "$got"
+        read -r lu ls < "$WORK/time.txt"
+        python3 - "$pair" "$run" "$TOTAL" "$t0" "$t1" "$lu" "$ls" "$s0" "$s1" "$b0" "$b1" "$RESULTS" <<'PY'
+import sys
+pair, run, total, t0, t1, lu, ls, s0, s1, b0, b1, out = sys.argv[1:]
+secs = float(t1) - float(t0)
+leech, seed = float(lu) + float(ls), float(s1) - float(s0)
+other = float(b1) - float(b0) - leech - seed
+print(f"  {pair:20} {secs:6.2f} s {int(total) / secs / 1e6:5.0f} MB/s   cpu: leecher {leech:5.2f} s"
+      f" (user {float(lu):.2f}), seeder {seed:5.2f} s, other {other:5.2f} s")
+open(out, "a").write(f"{pair}\t{run}\t{secs:.3f}\t{leech:.2f}\t{seed:.2f}\t{other:.2f}\n")
+PY
+    done
+done
+rm -rf "$OUT"
+
+echo "== summary: $TOTAL bytes, $RUNS runs, load $(cut -d' ' -f1-3 /proc/loadavg); ratio = swarmlm / peer"
+python3 - "$TOTAL" "$RESULTS" "${PAIRS[@]}" <<'PY'
 import statistics, sys
-total = int(sys.argv[1])
+total, path, pairs = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
 rows = {}
-for arg in sys.argv[2:]:
-    name, ts = arg.split("=", 1)
-    ts = [float(t) for t in ts.split()]
-    rows[name] = (statistics.median(ts), min(ts), ts)
-for name in sorted(rows, key=lambda n: (n not in ("swarmlm", "rqbit", "aria2c"), n)):
-    med, best, ts = rows[name]
-    print(f"{name:20} median {total/med/1e6:5.0f} MB/s  best {total/best/1e6:5.0f} MB/s  seconds {ts}")
-sw = rows["swarmlm"][0]
-for name in ("rqbit", "aria2c"):
-    if name in rows:
-        print(f"swarmlm / {name}: {rows[name][0]/sw:.2f}x")
+for line in open(path):
+    pair, run, secs, leech, seed, other = line.split("\t")
+    rows.setdefault(pair, {})[int(run)] = (float(secs), float(leech), float(seed))
+def mbs(s): return total / s / 1e6
+for p in pairs:
+    r = rows[p]
+    ts = [r[k][0] for k in sorted(r)]
+    med = statistics.median(ts)
+    print(f"{p:20} median {mbs(med):5.0f} MB/s  runs {' '.join(f'{mbs(t):.0f}' for t in ts)} MB/s"
+          f"  median cpu: leecher {statistics.median(v[1] for v in r.values()):.2f} s,"
+          f" seeder {statistics.median(v[2] for v in r.values()):.2f} s")
+for me in ("swarmlm", "swarmlm-torrent"):
+    for peer in ("rqbit", "rqbit-st", "aria2c"):
+        if peer not in rows:
+            continue
+        a, b = rows[me], rows[peer]
+        per_run = [b[k][0] / a[k][0] for k in sorted(a) if k in b]
+        med = statistics.median(v[0] for v in b.values()) / statistics.median(v[0] for v in a.values())
+        print(f"{me} / {peer}: {med:.2f}x of the medians; per run "
+              + " ".join(f"{x:.2f}" for x in per_run))
 PY
