@@ -97,8 +97,9 @@ pub fn hash_file(path: &Path, want_md5: bool, progress: &dyn Fn(u64)) -> std::io
     })
 }
 
-/// Fill `buf` as far as the file allows; 0 only at end of file.
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+/// Fills `buf` as far as the file allows (retrying short and interrupted reads); 0 only at end
+/// of file. Shared with torrent creation, which hashes the same way.
+pub fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read(&mut buf[filled..]) {

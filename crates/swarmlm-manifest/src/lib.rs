@@ -17,7 +17,7 @@ mod verify;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
-pub use hashing::{hash_file, Digests};
+pub use hashing::{hash_file, read_full, Digests};
 pub use magnet::{Magnet, MagnetError};
 pub use manifest::{
     check_component, check_name, check_relative_path, parse_hex, FileEntry, Manifest,

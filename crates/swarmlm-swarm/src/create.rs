@@ -24,7 +24,6 @@
 //! boundaries. Buffers are recycled between them so memory stays bounded.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -32,8 +31,8 @@ use std::sync::mpsc;
 use sha1::{Digest as _, Sha1};
 use sha2::Sha256;
 use swarmlm_manifest::{
-    check_component, check_name, FileEntry, Magnet, Manifest, ManifestError, ModelFormat,
-    MAX_PIECE_LENGTH, MIN_PIECE_LENGTH,
+    check_component, check_name, read_full, FileEntry, Magnet, Manifest, ManifestError,
+    ModelFormat, MAX_PIECE_LENGTH, MIN_PIECE_LENGTH,
 };
 
 use crate::bencode::Value;
@@ -537,19 +536,6 @@ fn hash_pass(
         })?;
         Ok((pieces, sums?))
     })
-}
-
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(filled)
 }
 
 #[cfg(test)]
