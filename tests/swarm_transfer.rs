@@ -153,7 +153,13 @@ fn kill_dash_nine_part_way_then_rerun_completes_without_refetching() {
     assert!(o.status.success(), "rerun: {}", text(&o));
     assert_identical(&model, &out);
     assert_recorded(&model, &out);
-    let done = json_events(&o).pop().unwrap();
+    let events = json_events(&o);
+    let resuming = events
+        .iter()
+        .find(|e| e["event"] == "resuming")
+        .expect("the rerun says it is checking the partial area first");
+    assert!(resuming["partial_bytes"].as_u64().unwrap() >= have_at_kill / 2);
+    let done = events.last().unwrap();
     let second = done["downloaded_bytes"].as_u64().unwrap();
     assert!(
         second <= total - have_at_kill + total / 5,

@@ -61,6 +61,14 @@ pub enum Event {
         /// Bytes to download this run (selected files not yet in place).
         wanted_bytes: u64,
     },
+    /// The partial area holds bytes from an interrupted run: librqbit reads them back and
+    /// checks every piece before downloading the rest. Sent before that check, which can take
+    /// a minute on a large model and reports nothing while it runs.
+    Resuming {
+        partial_dir: String,
+        /// Bytes the partial files occupy on disk (allocated, not their sparse length).
+        partial_bytes: u64,
+    },
     /// Periodic download progress.
     Progress {
         have_bytes: u64,

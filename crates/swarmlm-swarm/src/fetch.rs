@@ -532,6 +532,13 @@ async fn fetch_in_session(
             )),
             ..Default::default()
         };
+        let partial_bytes = allocated_bytes(&partial_dir, &files, &wanted);
+        if partial_bytes > 0 {
+            emit(&Event::Resuming {
+                partial_dir: partial_dir.display().to_string(),
+                partial_bytes,
+            });
+        }
         let handle = session
             .add_torrent_bytes(listed.torrent_bytes.to_vec(), add_opts, &info_hash)
             .await?;
@@ -1094,6 +1101,17 @@ fn place(partial_dir: &Path, out_dir: &Path, rel: &str, sha: [u8; 32]) -> Result
         }
         Err(e) => Err(SwarmError::io(&to, e)),
     }
+}
+
+/// What the wanted files of an interrupted run occupy in the partial area. librqbit may have
+/// created them at full length, sparse, so their length says nothing: the allocated blocks do.
+fn allocated_bytes(partial_dir: &Path, files: &[TFile], wanted: &[usize]) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    wanted
+        .iter()
+        .filter_map(|&i| std::fs::metadata(partial_dir.join(&files[i].path)).ok())
+        .map(|m| (m.blocks() * 512).min(m.len()))
+        .sum()
 }
 
 fn sha256_file(path: &Path) -> Result<[u8; 32], SwarmError> {

@@ -53,7 +53,9 @@ pub struct Args {
     /// Keep seeding the model after the download, until Ctrl-C or SIGTERM.
     #[arg(long)]
     pub seed: bool,
-    /// Progress as JSON lines on stdout ({"event":"progress",...}, final {"event":"done",...}).
+    /// Progress as JSON lines on stdout, one object per event, named by its "event" field:
+    /// metadata, resuming (a rerun checks the partial area first), progress, file_verified,
+    /// file_skipped, and a final done.
     #[arg(long)]
     pub json: bool,
 }
@@ -272,6 +274,12 @@ impl Renderer {
                     }
                 }
             },
+            Event::Resuming {
+                partial_dir,
+                partial_bytes,
+            } => self.line(format!(
+                "resuming: checking the {partial_bytes} bytes already in {partial_dir} before fetching the rest"
+            )),
             Event::FileVerified { path, size, .. } => {
                 self.line(format!("verified {path} ({size} bytes)"))
             }
