@@ -62,6 +62,8 @@ trap cleanup EXIT
 
 if [[ -n "${MODEL:-}" && -f "${MODEL}/config.json" ]]; then
     echo "== reusing $MODEL" >&2
+    # The report names the model by its layer count: take it from the folder, not the default.
+    LAYERS=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["num_hidden_layers"])' "$MODEL/config.json")
 else
     MODEL="$WORK/mixtral-${LAYERS}l"
     echo "== forging mixtral-8x7b --layers $LAYERS into $MODEL" >&2
