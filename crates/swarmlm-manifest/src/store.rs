@@ -430,6 +430,12 @@ fn collect_names(base: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
+/// The bytes a file holds on disk: its written blocks, never more than its length. A download
+/// in progress may be preallocated (sparse) at full length, so its length says nothing.
+pub fn allocated_len(meta: &std::fs::Metadata) -> u64 {
+    meta.len().min(meta.blocks().saturating_mul(512))
+}
+
 /// Bytes of the regular files under `dir` (not following links, skipping the top-level
 /// bookkeeping folder). `allocated`: count written blocks instead of lengths, because a download
 /// in progress may be preallocated at full length.
@@ -448,7 +454,7 @@ fn tree_bytes(dir: &Path, allocated: bool) -> u64 {
                 total += walk(base, &item.path(), allocated);
             } else if meta.is_file() {
                 total += if allocated {
-                    meta.len().min(meta.blocks().saturating_mul(512))
+                    allocated_len(&meta)
                 } else {
                     meta.len()
                 };

@@ -1103,14 +1103,13 @@ fn place(partial_dir: &Path, out_dir: &Path, rel: &str, sha: [u8; 32]) -> Result
     }
 }
 
-/// What the wanted files of an interrupted run occupy in the partial area. librqbit may have
-/// created them at full length, sparse, so their length says nothing: the allocated blocks do.
+/// What the wanted files of an interrupted run occupy in the partial area (librqbit may have
+/// created them sparse at full length: see [`swarmlm_manifest::store::allocated_len`]).
 fn allocated_bytes(partial_dir: &Path, files: &[TFile], wanted: &[usize]) -> u64 {
-    use std::os::unix::fs::MetadataExt;
     wanted
         .iter()
         .filter_map(|&i| std::fs::metadata(partial_dir.join(&files[i].path)).ok())
-        .map(|m| (m.blocks() * 512).min(m.len()))
+        .map(|m| swarmlm_manifest::store::allocated_len(&m))
         .sum()
 }
 

@@ -19,11 +19,12 @@ use crate::error::SwarmError;
 
 /// librqbit's blocking-work semaphore (hash checks, disk writes, streams): how many of those
 /// may run at once, each through `block_in_place`, on the multi-threaded [`crate::runtime`]
-/// (on [`crate::transfer_runtime`] they run inline and take no permit). Trap 11: every open `FileStream` holds a
-/// permit, so this must be at least open streams + 8; swarmlm opens none. More than 8 only
-/// added threads handing the runtime's workers back and forth: with 32 permits (and tokio's
-/// default of 512 blocking threads) a 1 GB loopback fetch made 4x the context switches of
-/// the rqbit CLI and took 6.0-6.6 s against 4.4-5.7 s with 8 (BENCHMARKS.md, Swarm).
+/// (on [`crate::transfer_runtime`] they run inline and take no permit). Trap 11: every open
+/// `FileStream` holds a permit, so this must be at least open streams + 8; swarmlm opens none.
+/// More than 8 only added threads handing the runtime's workers back and forth: with 32
+/// permits (and tokio's default of 512 blocking threads) a 1 GB loopback fetch made 4x the
+/// context switches of the rqbit CLI and took 6.0-6.6 s against 4.4-5.7 s with 8
+/// (BENCHMARKS.md, Swarm).
 pub const RUNTIME_WORKER_THREADS: usize = 8;
 
 /// The cap on the tokio runtime's blocking threads ([`crate::runtime`]): each
