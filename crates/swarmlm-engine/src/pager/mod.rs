@@ -990,14 +990,14 @@ fn take_piece(
         let allowed = |st: &State, len: usize| {
             st.evicting_bytes <= st.unstarted_bytes - len as u64 + shared.slack
         };
-        if let Some(load) = st.active.iter().find(|l| l.next < l.pieces.len()) {
-            let piece = load.pieces[load.next];
+        if let Some(pos) = st.active.iter().position(|l| l.next < l.pieces.len()) {
+            let piece = st.active[pos].pieces[st.active[pos].next];
             if !allowed(st, piece.2) {
                 return None;
             }
-            let idx = load.idx;
-            let load = st.active.iter_mut().find(|l| l.idx == idx)?;
+            let load = &mut st.active[pos];
             load.next += 1;
+            let idx = load.idx;
             st.unstarted_bytes -= piece.2 as u64;
             return Some((idx, piece));
         }
