@@ -34,6 +34,16 @@ pub enum ForgeError {
     /// A file that forge was about to publish appeared meanwhile.
     #[error("{path} appeared while forging; refusing to replace it")]
     WouldOverwrite { path: PathBuf },
+    /// A shape the GGUF file cannot carry over to llama.cpp unchanged.
+    #[error("cannot write GGUF: {field} = {value}: {expected}")]
+    UnsupportedInGguf {
+        field: &'static str,
+        value: String,
+        expected: String,
+    },
+    /// The GGUF output path names no file (e.g. it ends in `..` or is a root).
+    #[error("GGUF output path {path} does not name a file")]
+    OutNotAFile { path: PathBuf },
     /// The embedded tokenizer could not be trimmed (it is compiled in, so this means a broken build).
     #[error("embedded tokenizer.json: {reason}")]
     Tokenizer { reason: String },

@@ -22,6 +22,7 @@
 //! written last, so a directory without it is an interrupted forge.
 
 pub mod error;
+pub mod gguf;
 pub mod json;
 pub mod rng;
 pub mod shape;
@@ -35,6 +36,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 pub use error::ForgeError;
+pub use gguf::{forge_gguf, forge_gguf_with_progress, gguf_plan, GgufPlan, GgufReport};
 pub use shape::{Overrides, Preset, Shape, UnknownPreset};
 pub use tensors::{plan, tensor_list, tensor_specs, Init, Plan, TensorSpec};
 

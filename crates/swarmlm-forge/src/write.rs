@@ -98,15 +98,54 @@ fn write_shard_with(
     allow_direct: bool,
     on_bytes: &mut dyn FnMut(u64),
 ) -> Result<u64, ForgeError> {
-    let (tmp, file) = create_partial(dir, &shard.file_name)?;
+    let sources: Vec<Source> = shard
+        .tensors
+        .iter()
+        .map(|t| Source {
+            offset: t.offset,
+            end: t.offset + t.bytes,
+            fill: match t.spec.init {
+                Init::Normal => Fill::NormalBf16 {
+                    key: rng::tensor_key(seed, &t.spec.name),
+                },
+                Init::Ones => Fill::OnesBf16,
+            },
+        })
+        .collect();
+    let file = StreamedFile {
+        name: &shard.file_name,
+        prefix: &shard.prefix,
+        data_bytes: shard.data_bytes,
+        sources: &sources,
+    };
+    write_streamed(dir, &file, allow_direct, on_bytes)
+}
+
+/// A file made of a fixed prefix (a header) followed by generated data.
+pub(crate) struct StreamedFile<'a> {
+    pub name: &'a str,
+    pub prefix: &'a [u8],
+    pub data_bytes: u64,
+    /// Cover the data contiguously, in order, from byte 0 to `data_bytes`.
+    pub sources: &'a [Source],
+}
+
+/// Stream `file` into `dir` under its `.partial` name and publish it when complete.
+pub(crate) fn write_streamed(
+    dir: &Path,
+    file: &StreamedFile<'_>,
+    allow_direct: bool,
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<u64, ForgeError> {
+    let (tmp, out) = create_partial(dir, file.name)?;
     let direct = if allow_direct {
         open_direct(&tmp)
     } else {
         None
     };
-    let result = stream_shard(file, direct, shard, seed, on_bytes)
+    let result = stream_file(out, direct, file, on_bytes)
         .map_err(|e| ForgeError::io("write", &tmp, e))
-        .and_then(|file| publish(dir, &shard.file_name, &tmp, file));
+        .and_then(|out| publish(dir, file.name, &tmp, out));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -131,12 +170,33 @@ fn open_direct(_path: &Path) -> Option<File> {
     None
 }
 
-/// Where each tensor's bytes are and how to make them.
-struct Source {
-    offset: u64,
-    end: u64,
-    init: Init,
-    key: u64,
+/// Where a run of data bytes is and how to make it.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    pub offset: u64,
+    pub end: u64,
+    pub fill: Fill,
+}
+
+/// How a run of data bytes is made. Every source starts at an offset, and every parallel chunk
+/// at a data position, that is a multiple of 4, so no variant ever sees half an element.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Fill {
+    /// The tensor with generator key `key`, bf16, elements in order.
+    NormalBf16 { key: u64 },
+    /// bf16 1.0.
+    OnesBf16,
+    /// The bf16 values of `key` widened to f32 (exact), as llama.cpp's converter stores
+    /// small tensors.
+    NormalF32 { key: u64 },
+    /// f32 1.0.
+    OnesF32,
+    /// The bf16 tensor `key` of rows of `cols` elements, with the rows of each block of
+    /// `head_rows` reordered from RoPE's half-split layout to the interleaved one GGUF uses
+    /// (see [`crate::gguf::permuted_source_row`]).
+    PermutedBf16 { key: u64, cols: u64, head_rows: u64 },
+    /// Alignment padding.
+    Zeros,
 }
 
 /// Direct I/O wants memory, file offsets and lengths aligned to the device's logical block;
@@ -214,25 +274,15 @@ impl Output {
     }
 }
 
-fn stream_shard(
+fn stream_file(
     file: File,
     direct: Option<File>,
-    shard: &ShardPlan,
-    seed: u64,
+    streamed: &StreamedFile<'_>,
     on_bytes: &mut dyn FnMut(u64),
 ) -> std::io::Result<File> {
-    let sources: Vec<Source> = shard
-        .tensors
-        .iter()
-        .map(|t| Source {
-            offset: t.offset,
-            end: t.offset + t.bytes,
-            init: t.spec.init,
-            key: rng::tensor_key(seed, &t.spec.name),
-        })
-        .collect();
-    let prefix = shard.prefix.as_slice();
-    let file_len = prefix.len() as u64 + shard.data_bytes;
+    let sources = streamed.sources;
+    let prefix = streamed.prefix;
+    let file_len = prefix.len() as u64 + streamed.data_bytes;
 
     std::thread::scope(|scope| {
         let (full_tx, full_rx) = mpsc::sync_channel::<(u64, Buffer)>(1);
@@ -270,7 +320,7 @@ fn stream_shard(
                 },
             };
             buf.len = len;
-            fill_file(buf.data_mut(), pos, prefix, &sources);
+            fill_file(buf.data_mut(), pos, prefix, sources);
             if full_tx.send((pos, buf)).is_err() {
                 break;
             }
@@ -375,13 +425,57 @@ fn fill_range(mut out: &mut [u8], mut start: u64, sources: &[Source]) {
         let s = &sources[k];
         let n = ((s.end - start) as usize).min(out.len());
         let (head, tail) = std::mem::take(&mut out).split_at_mut(n);
-        match s.init {
-            Init::Normal => rng::fill_normal_bf16(s.key, (start - s.offset) / 2, head),
-            Init::Ones => rng::fill_ones_bf16(head),
+        let at = start - s.offset;
+        match s.fill {
+            Fill::NormalBf16 { key } => rng::fill_normal_bf16(key, at / 2, head),
+            Fill::OnesBf16 => rng::fill_ones_bf16(head),
+            Fill::NormalF32 { key } => fill_normal_f32(key, at / 4, head),
+            Fill::OnesF32 => {
+                for x in head.chunks_exact_mut(4) {
+                    x.copy_from_slice(&1.0f32.to_le_bytes());
+                }
+            }
+            Fill::PermutedBf16 {
+                key,
+                cols,
+                head_rows,
+            } => fill_permuted_bf16(key, cols, head_rows, at / 2, head),
+            Fill::Zeros => head.fill(0),
         }
         out = tail;
         start += n as u64;
         k += 1;
+    }
+}
+
+/// Elements `first..` of tensor `key` as f32 (each the exact value of its bf16).
+fn fill_normal_f32(key: u64, first: u64, out: &mut [u8]) {
+    let mut bf = [0u8; 512];
+    let mut index = first;
+    for chunk in out.chunks_mut(2 * bf.len()) {
+        let n = chunk.len() / 4;
+        rng::fill_normal_bf16(key, index, &mut bf[..2 * n]);
+        for (dst, src) in chunk.chunks_exact_mut(4).zip(bf.chunks_exact(2)) {
+            let bits = u16::from_le_bytes([src[0], src[1]]);
+            dst.copy_from_slice(&(u32::from(bits) << 16).to_le_bytes());
+        }
+        index += n as u64;
+    }
+}
+
+/// Elements `first..` of the row-permuted tensor (see [`Fill::PermutedBf16`]): each output row
+/// is a whole row of the source, so the generator is asked for row pieces.
+fn fill_permuted_bf16(key: u64, cols: u64, head_rows: u64, first: u64, out: &mut [u8]) {
+    let mut index = first;
+    let mut out = out;
+    while !out.is_empty() {
+        let (row, col) = (index / cols, index % cols);
+        let n = ((cols - col) as usize * 2).min(out.len());
+        let src_row = crate::gguf::permuted_source_row(row, head_rows);
+        let (head, tail) = std::mem::take(&mut out).split_at_mut(n);
+        rng::fill_normal_bf16(key, src_row * cols + col, head);
+        out = tail;
+        index += n as u64 / 2;
     }
 }
 

@@ -5,23 +5,14 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use safetensors::SafeTensors;
 use swarmlm_forge::{forge, ForgeError, ForgeSpec, Overrides, Preset};
 
 /// Every tensor's shape, read back from the shards.
 fn stored_shapes(dir: &std::path::Path) -> BTreeMap<String, Vec<usize>> {
-    let mut out = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "safetensors") {
-            let bytes = std::fs::read(&path).unwrap();
-            let st = SafeTensors::deserialize(&bytes).unwrap();
-            for (name, view) in st.tensors() {
-                out.insert(name, view.shape().to_vec());
-            }
-        }
-    }
-    out
+    common::stored_tensors(dir)
+        .into_iter()
+        .map(|(name, (shape, _))| (name, shape))
+        .collect()
 }
 
 #[test]

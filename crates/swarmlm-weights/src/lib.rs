@@ -50,6 +50,7 @@ pub mod names;
 pub mod pickle;
 pub mod pth;
 mod resident;
+pub mod spm_proto;
 pub mod st_header;
 pub mod zip;
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use swarmlm_forge::{ForgeError, ForgeSpec, Overrides, Preset};
+use swarmlm_forge::{ForgeError, ForgeSpec, Overrides, Preset, Progress};
 
 use crate::output;
 
@@ -25,22 +25,35 @@ Weights are pseudo-random normal (std 0.02; RMSNorm weights exactly 1.0), a pure
 With vocab < 32000 the tokenizer.json is trimmed to the smaller vocabulary and no
 tokenizer.model is written; with vocab > 32000 the extra ids exist but no text maps to them.
 
+--format gguf writes the same model as one bf16 GGUF file for llama.cpp instead of a folder,
+laid out as llama.cpp's convert_hf_to_gguf.py --outtype bf16 makes it from the forged folder
+(q/k rows permuted for llama.cpp's RoPE, experts stacked into ffn_{gate,down,up}_exps, norms
+and router f32, the Mistral v1 vocabulary), streamed tensor by tensor: a real-size model needs
+its disk space once instead of twice. --shard-size then only sets the tensor order (that of a
+converted folder with those shards). It needs vocab >= 32000 and no sliding window.
+
 Examples:
   swarmlm forge --preset tiny --out /tmp/tiny
   swarmlm forge --preset mixtral-8x7b --layers 2 --out /tmp/m2
   swarmlm forge --preset small --experts 16 --top-k 4 --seed 7 --shard-size 200MB --out /tmp/s16
-  swarmlm forge --preset tiny --vocab 1000 --head-dim 32 --sliding-window 512 --json --out /tmp/t";
+  swarmlm forge --preset tiny --vocab 1000 --head-dim 32 --sliding-window 512 --json --out /tmp/t
+  swarmlm forge --preset mixtral-8x7b --layers 8 --seed 1 --format gguf --out /tmp/m8-bf16.gguf";
 
-/// Write a synthetic Mixtral checkpoint (config, index, bf16 safetensors shards, tokenizer).
+/// Write a synthetic Mixtral checkpoint (config, index, bf16 safetensors shards, tokenizer), or
+/// the same model as one bf16 GGUF file for llama.cpp.
 #[derive(clap::Args, Debug)]
 #[command(after_help = AFTER_HELP)]
 pub struct Args {
     /// Starting shape: tiny, small or mixtral-8x7b.
     #[arg(long, value_parser = parse_preset)]
     preset: Preset,
-    /// Output directory (created if missing; must be empty: forge never overwrites files).
+    /// Output directory (created if missing; must be empty: forge never overwrites files), or
+    /// with --format gguf the GGUF file to write (must not exist).
     #[arg(long)]
     out: PathBuf,
+    /// What to write: a Hugging Face folder (safetensors) or one bf16 GGUF file for llama.cpp.
+    #[arg(long, value_enum, default_value_t = Format::Safetensors)]
+    format: Format,
     /// Seed of the weight generator.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -54,6 +67,15 @@ pub struct Args {
     /// Print a JSON summary (files with sizes, total bytes, config) on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// Output format.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// config.json, safetensors shards, index and tokenizer files, as on the hub.
+    Safetensors,
+    /// One bf16 GGUF file, as llama.cpp's converter makes from that folder.
+    Gguf,
 }
 
 /// Per-field replacements for the preset's shape.
@@ -158,6 +180,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     spec.seed = args.seed;
     spec.shard_size = args.shard_size;
 
+    if args.format == Format::Gguf {
+        return run_gguf(&args, &spec);
+    }
     // A shape or setting the model cannot have is a usage error (exit 2), caught before any I/O.
     let plan = match spec.plan() {
         Ok(plan) => plan,
@@ -177,21 +202,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         "forging"
     );
 
-    let bar = if args.json {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    forge_with_bar(
+        &args,
+        |progress| swarmlm_forge::forge_with_progress(&spec, &args.out, progress),
+        |r| {
+            (
+                format!("{} shards, {} tensors", r.shard_count, r.tensor_count),
+                r.total_bytes,
             )
-            .expect("a valid template")
-            .progress_chars("=> "),
-        );
-        bar
-    };
+        },
+    )
+}
+
+/// Run `forge` under a progress bar and print its report: the JSON with `--json`, else one line
+/// from `summary` (a description and the bytes written).
+fn forge_with_bar<R: serde::Serialize>(
+    args: &Args,
+    forge: impl FnOnce(&mut dyn FnMut(Progress<'_>)) -> Result<R, ForgeError>,
+    summary: impl FnOnce(&R) -> (String, u64),
+) -> anyhow::Result<ExitCode> {
+    let bar = progress_bar(args.json);
     let start = Instant::now();
-    let result = swarmlm_forge::forge_with_progress(&spec, &args.out, &mut |p| {
+    let result = forge(&mut |p| {
         bar.set_length(p.total_bytes);
         bar.set_position(p.done_bytes);
         bar.set_message(p.file.to_string());
@@ -199,11 +231,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     bar.finish_and_clear();
     let report = match result {
         Ok(r) => r,
-        Err(e @ (ForgeError::OutDirNotEmpty { .. } | ForgeError::OutNotADirectory { .. })) => {
+        Err(
+            e @ (ForgeError::OutDirNotEmpty { .. }
+            | ForgeError::OutNotADirectory { .. }
+            | ForgeError::WouldOverwrite { .. }
+            | ForgeError::OutNotAFile { .. }),
+        ) => {
+            let hint = match args.format {
+                Format::Safetensors => "pass a new or empty directory to --out",
+                Format::Gguf => "pass a new file name to --out",
+            };
             return Err(output::hint(
                 e,
-                "pass a new or empty directory to --out; forge never overwrites existing files",
-            ))
+                format!("{hint}; forge never overwrites existing files"),
+            ));
         }
         Err(e) => {
             return Err(anyhow::Error::new(e))
@@ -211,22 +252,61 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let secs = start.elapsed().as_secs_f64();
-
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        let (what, bytes) = summary(&report);
         println!(
-            "forged {} ({} shards, {} tensors, {:.3} GB) into {} in {:.2} s ({:.0} MB/s)",
+            "forged {} ({what}, {:.3} GB) into {} in {:.2} s ({:.0} MB/s)",
             args.preset,
-            report.shard_count,
-            report.tensor_count,
-            report.total_bytes as f64 / 1e9,
+            bytes as f64 / 1e9,
             args.out.display(),
             secs,
-            report.total_bytes as f64 / 1e6 / secs.max(1e-9),
+            bytes as f64 / 1e6 / secs.max(1e-9),
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn progress_bar(hidden: bool) -> indicatif::ProgressBar {
+    if hidden {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar
+}
+
+/// `--format gguf`: one file instead of a folder.
+fn run_gguf(args: &Args, spec: &ForgeSpec) -> anyhow::Result<ExitCode> {
+    let plan = match swarmlm_forge::gguf_plan(spec) {
+        Ok(plan) => plan,
+        Err(e) => {
+            output::report_error(&output::hint(
+                e,
+                "adjust the shape options (see `swarmlm forge --help`: GGUF needs vocab >= 32000 and no sliding window)",
+            ));
+            return Ok(ExitCode::from(2));
+        }
+    };
+    tracing::info!(
+        preset = %args.preset,
+        tensors = plan.tensors.len(),
+        bytes = plan.file_bytes(),
+        out = %args.out.display(),
+        "forging GGUF"
+    );
+    forge_with_bar(
+        args,
+        |progress| swarmlm_forge::forge_gguf_with_progress(spec, &args.out, progress),
+        |r| (format!("GGUF, {} tensors", r.tensor_count), r.total_bytes),
+    )
 }
 
 #[cfg(test)]

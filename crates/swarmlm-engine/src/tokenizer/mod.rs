@@ -9,17 +9,17 @@
 //! while tokens are generated.
 
 mod hf;
-mod proto;
 mod sentencepiece;
 
 use std::path::{Path, PathBuf};
 
-pub use proto::ProtoError;
+pub use swarmlm_weights::spm_proto::ProtoError;
+// The SentencePiece wire-format reader lives in swarmlm-weights, so that the forge (which
+// writes the same vocabulary into GGUF files) can read it without depending on the engine.
+use swarmlm_weights::spm_proto as proto;
 
 use hf::{HfStream, HfTokenizer};
 use sentencepiece::{SentencePiece, SpDecodeState};
-
-impl std::error::Error for ProtoError {}
 
 /// Why a tokenizer could not be loaded or could not encode.
 #[derive(Debug, thiserror::Error)]

@@ -42,3 +42,19 @@ pub fn read_json(path: &Path) -> serde_json::Value {
 pub fn bf16_to_f32(lo: u8, hi: u8) -> f32 {
     f32::from_bits(u32::from(u16::from_le_bytes([lo, hi])) << 16)
 }
+
+/// Every tensor of the safetensors shards in `dir`: name → (shape, raw bytes).
+pub fn stored_tensors(dir: &Path) -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            let bytes = std::fs::read(&path).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            for (name, view) in st.tensors() {
+                out.insert(name, (view.shape().to_vec(), view.data().to_vec()));
+            }
+        }
+    }
+    out
+}

@@ -5,6 +5,9 @@
 //! dependency tree for that. The reader follows the protobuf wire format exactly: unknown fields
 //! are skipped, a repeated occurrence of a scalar field overwrites the earlier one, and repeated
 //! occurrences of a message field are merged, as protobuf parsers do.
+//!
+//! It lives in swarmlm-weights rather than next to the engine's tokenizer because the forge reads
+//! the same files (to write the vocabulary into GGUF) and must not depend on the engine.
 
 use std::fmt;
 
@@ -28,6 +31,8 @@ impl fmt::Display for ProtoError {
         )
     }
 }
+
+impl std::error::Error for ProtoError {}
 
 /// `ModelProto.SentencePiece.Type`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
