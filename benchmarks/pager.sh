@@ -7,6 +7,8 @@
 #   ROUNDS=3 POLICIES=layer-lru:lookahead ...       # 3 rounds, swarmlm and llama.cpp interleaved
 #   MODEL=/path/to/forged KEEP=1 ...               # reuse a forged folder (never deleted)
 #   GGUF=/path/model.gguf ...                      # also run llama.cpp (llama-cpp-python) as peer
+#   SEQUENTIAL=1 RESULTS=/var/tmp/case2 LAYERS=8 LIMIT=4G BUDGET=2816MiB STAGE=... benchmarks/pager.sh
+#                                                  # tight disk: one model file set at a time
 #
 # Forges `mixtral-8x7b --layers $LAYERS` (2 layers: 6.33 GB, the real 8x7B layer shape) into a
 # temporary folder,
@@ -21,6 +23,20 @@
 # in turn, so disk speed drifting during the run hits both alike; each round's ratio to llama.cpp
 # is from that round, and the medians are printed at the end. The model and all outputs are
 # deleted at the end (KEEP=1 keeps them).
+#
+# SEQUENTIAL=1 is for a disk that cannot hold the forged folder and its GGUF at once (case 2,
+# ~23.7 GB each). Stages, each a separate invocation (STAGE=name) so that forging can run apart
+# from the timed runs, or all in order (STAGE=all, the default); everything lands in RESULTS:
+#   forge-hf    forge the HF folder (RESULTS/model)
+#   swarmlm     dd it, the unlimited run, the cgroup runs of POLICIES (ROUNDS times); delete it
+#   forge-gguf  forge the same model directly as a bf16 GGUF (`forge --format gguf`: the bytes
+#               llama.cpp's converter would write from the folder; RESULTS/model.gguf)
+#   llama       dd it, llama.cpp unlimited (its reference ids), then in the cgroup (ROUNDS times);
+#               delete it
+#   report      the table (each stage's dd and load are its own; "x llama" pairs round r of
+#               both stages, which ran minutes apart)
+# Each measuring stage refuses to start with less than MIN_FREE_GB (default 5) left on the disk
+# beyond its model, and deletes the model when done (KEEP=1 keeps it).
 #
 # Defaults are BENCHMARKS.md's case 1: 2 GiB limit, 1400 MiB budget (4 experts of 336 MiB: one
 # token's working set on 2 layers), 16 tokens.
@@ -49,51 +65,98 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 2
 fi
 
-WORK=$(mktemp -d "${WORKDIR:-/var/tmp}/swarmlm-pager-bench.XXXXXX")
+SEQUENTIAL=${SEQUENTIAL:-0}
+STAGE=${STAGE:-all}
+if [[ $SEQUENTIAL == 1 ]]; then
+    WORK=${RESULTS:?SEQUENTIAL=1 needs RESULTS=<folder for the models and the results>}
+    mkdir -p "$WORK"
+else
+    WORK=$(mktemp -d "${WORKDIR:-/var/tmp}/swarmlm-pager-bench.XXXXXX")
+fi
 CG=""
 cleanup() {
     if [[ -n "$CG" && -d "$CG" ]]; then
         # Move ourselves out first (v2 needs an empty group to remove it).
         rmdir "$CG" 2>/dev/null || true
     fi
-    if [[ "${KEEP:-0}" != 1 ]]; then rm -rf "$WORK"; fi
+    # Sequential results stay (later stages read them); a stage deletes its own model.
+    if [[ "${KEEP:-0}" != 1 && $SEQUENTIAL != 1 ]]; then rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 
-if [[ -n "${MODEL:-}" && -f "${MODEL}/config.json" ]]; then
+forge_args=(--preset mixtral-8x7b --layers "$LAYERS" --seed "${SEED:-0}")
+if [[ $SEQUENTIAL == 1 ]]; then
+    MODEL="$WORK/model"
+    GGUF="$WORK/model.gguf"
+elif [[ -n "${MODEL:-}" && -f "${MODEL}/config.json" ]]; then
     echo "== reusing $MODEL" >&2
     # The report names the model by its layer count: take it from the folder, not the default.
     LAYERS=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["num_hidden_layers"])' "$MODEL/config.json")
 else
     MODEL="$WORK/mixtral-${LAYERS}l"
     echo "== forging mixtral-8x7b --layers $LAYERS into $MODEL" >&2
-    "$BIN" forge --preset mixtral-8x7b --layers "$LAYERS" --out "$MODEL" >/dev/null
+    "$BIN" forge "${forge_args[@]}" --out "$MODEL" >/dev/null
     sync
 fi
-echo "== $(du -sh "$MODEL" | cut -f1) on disk; $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-# The block device holding the model, for its busy time (/sys/block/DEV/stat io_ticks).
-DEV=$(lsblk -no PKNAME "$(df --output=source "$MODEL" | tail -1)" 2>/dev/null || true)
-[[ -n "$DEV" ]] || DEV=$(basename "$(df --output=source "$MODEL" | tail -1)")
+
+# The report needs the model's shape and size after a sequential stage deleted it.
+remember_model() {
+    cp "$MODEL/config.json" "$WORK/config.json"
+    du -cb "$MODEL"/*.safetensors | tail -1 | cut -f1 >"$WORK/shard_bytes"
+}
+# The block device holding WORK or the model, for its busy time (/sys/block/DEV/stat io_ticks).
+DEV_OF=$(if [[ -e "$MODEL" ]]; then echo "$MODEL"; else echo "$WORK"; fi)
+DEV=$(lsblk -no PKNAME "$(df --output=source "$DEV_OF" | tail -1)" 2>/dev/null || true)
+[[ -n "$DEV" ]] || DEV=$(basename "$(df --output=source "$DEV_OF" | tail -1)")
 io_ticks() { awk '{print $10}' "/sys/block/$DEV/stat" 2>/dev/null || echo 0; }
+
+# The model files present now (the folder's shards and/or the GGUF).
+model_files() {
+    local f
+    for f in "$MODEL"/*.safetensors ${GGUF:+"$GGUF"}; do
+        [[ -f "$f" ]] && echo "$f"
+    done
+    return 0
+}
 
 drop_model_cache() {
     # GNU dd: nocache with count=0 asks the kernel to drop the whole file from the page cache.
-    for f in "$MODEL"/*.safetensors ${GGUF:+"$GGUF"}; do
+    local f
+    while read -r f; do
         dd if="$f" iflag=nocache count=0 status=none
-    done
+    done < <(model_files)
 }
 
-echo "== dd iflag=direct (raw read speed of the shards)" >&2
-drop_model_cache
-DD_BYTES=0
-DD_T0=$(date +%s.%N)
-for f in "$MODEL"/*.safetensors; do
-    dd if="$f" of=/dev/null bs=16M iflag=direct status=none
-    DD_BYTES=$((DD_BYTES + $(stat -c %s "$f")))
-done
-DD_T1=$(date +%s.%N)
-DD_MBPS=$(python3 -c "print(f'{$DD_BYTES/($DD_T1-$DD_T0)/1e6:.0f}')")
-echo "dd iflag=direct: $DD_BYTES bytes at $DD_MBPS MB/s" >&2
+# measure_dd TAG FILE...: read FILEs with direct I/O (the disk's raw speed), MB/s into
+# $WORK/dd.TAG and $DD_MBPS; the load average and machine into $WORK/load.TAG.
+measure_dd() {
+    local tag=$1
+    shift
+    echo "== $(du -shc "$@" | tail -1 | cut -f1) on disk; $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) CPUs; load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
+    cut -d' ' -f1-3 /proc/loadavg >"$WORK/load.$tag"
+    echo "== dd iflag=direct (raw read speed of the model files)" >&2
+    drop_model_cache
+    local bytes=0 t0 t1 f
+    t0=$(date +%s.%N)
+    for f in "$@"; do
+        dd if="$f" of=/dev/null bs=16M iflag=direct status=none
+        bytes=$((bytes + $(stat -c %s "$f")))
+    done
+    t1=$(date +%s.%N)
+    DD_MBPS=$(python3 -c "print(f'{$bytes/($t1-$t0)/1e6:.0f}')")
+    echo "$DD_MBPS" >"$WORK/dd.$tag"
+    echo "dd iflag=direct: $bytes bytes at $DD_MBPS MB/s" >&2
+}
+
+# need_free BYTES: refuse to go on unless BYTES plus MIN_FREE_GB stay free where WORK is.
+need_free() {
+    local free
+    free=$(($(df -B1 --output=avail "$WORK" | tail -1)))
+    if ((free < $1 + ${MIN_FREE_GB:-5} * 1000000000)); then
+        echo "pager.sh: $(($1 / 1000000)) MB needed in $WORK, $((free / 1000000)) MB free; ${MIN_FREE_GB:-5} GB must stay free" >&2
+        exit 1
+    fi
+}
 
 # run NAME CGROUP-LIMIT(or "") EXTRA-ARGS...: one `swarmlm run`, its JSON in $WORK/NAME.json,
 # its /proc/<pid>/io read_bytes in $WORK/NAME.io and stats table in $WORK/NAME.stats.
@@ -170,44 +233,148 @@ cg_peak() {
 }
 
 LLAMA=0
-if [[ -n "$GGUF" ]]; then
-    if python3 -c "import llama_cpp" 2>/dev/null && [[ -f "$LLAMA_BENCH" && -f "$GGUF" ]]; then
+llama_ok() {
+    python3 -c "import llama_cpp" 2>/dev/null && [[ -f "$LLAMA_BENCH" ]]
+}
+if [[ -n "$GGUF" && $SEQUENTIAL != 1 ]]; then
+    if llama_ok && [[ -f "$GGUF" ]]; then
         LLAMA=1
     else
         echo "== llama.cpp skipped: needs python3 -c 'import llama_cpp', $LLAMA_BENCH and $GGUF" >&2
     fi
 fi
-echo "== unlimited run (reference output)" >&2
-run unlimited ""
-if [[ $LLAMA == 1 ]]; then
+
+# The swarmlm runs: the unlimited reference, then each policy in the cgroup, ROUNDS times (with
+# llama.cpp after each round when LLAMA=1).
+swarmlm_runs() {
+    echo "== unlimited run (reference output)" >&2
+    run unlimited ""
+    if [[ $LLAMA == 1 ]]; then
+        echo "== llama.cpp (mmap, kernel paging), unlimited (its reference output)" >&2
+        run llama.cpp-unlimited ""
+    fi
+    for ((r = 1; r <= ROUNDS; r++)); do
+        sfx=""
+        [[ $ROUNDS == 1 ]] || sfx="-r$r"
+        for pp in $POLICIES; do
+            policy=${pp%%:*}
+            prefetch=${pp##*:}
+            name="budget-$policy-$prefetch$sfx"
+            echo "== $LIMIT cgroup, --memory-budget $BUDGET, policy $policy, prefetch $prefetch$sfx" >&2
+            run "$name" "$LIMIT" --memory-budget "$BUDGET" --pager-policy "$policy" --prefetch "$prefetch" --stats
+            sed -n '/expert pager/,$p' "$WORK/$name.stats" >&2 || true
+        done
+        if [[ $LLAMA == 1 ]]; then
+            echo "== llama.cpp (mmap, kernel paging) in the $LIMIT cgroup$sfx" >&2
+            run "llama.cpp-cgroup$sfx" "$LIMIT"
+        fi
+    done
+}
+
+# Sequential llama.cpp stage: its unlimited reference, then the cgroup runs.
+llama_runs() {
     echo "== llama.cpp (mmap, kernel paging), unlimited (its reference output)" >&2
     run llama.cpp-unlimited ""
-fi
-for ((r = 1; r <= ROUNDS; r++)); do
-    sfx=""
-    [[ $ROUNDS == 1 ]] || sfx="-r$r"
-    for pp in $POLICIES; do
-        policy=${pp%%:*}
-        prefetch=${pp##*:}
-        name="budget-$policy-$prefetch$sfx"
-        echo "== $LIMIT cgroup, --memory-budget $BUDGET, policy $policy, prefetch $prefetch$sfx" >&2
-        run "$name" "$LIMIT" --memory-budget "$BUDGET" --pager-policy "$policy" --prefetch "$prefetch" --stats
-        sed -n '/expert pager/,$p' "$WORK/$name.stats" >&2 || true
-    done
-    if [[ $LLAMA == 1 ]]; then
+    for ((r = 1; r <= ROUNDS; r++)); do
+        sfx=""
+        [[ $ROUNDS == 1 ]] || sfx="-r$r"
         echo "== llama.cpp (mmap, kernel paging) in the $LIMIT cgroup$sfx" >&2
         run "llama.cpp-cgroup$sfx" "$LIMIT"
-    fi
-done
+    done
+}
 
-python3 - "$WORK" "$TOKENS" "$DD_MBPS" "$LIMIT" "$BUDGET" "$MODEL" "$LAYERS" <<'PY'
+# The forged size of the model, from a dry plan: the layers' bytes plus embeddings and head.
+model_bytes() {
+    python3 -c "
+h, i, v, L = 4096, 14336, 32000, $LAYERS
+print(L * (8 * 3 * h * i + 2 * (h * h + 1024 * h) + 8 * h + 2 * h) * 2 + 2 * v * h * 2)"
+}
+
+if [[ $SEQUENTIAL != 1 ]]; then
+    measure_dd all "$MODEL"/*.safetensors
+    remember_model
+    swarmlm_runs
+else
+    case "$STAGE" in
+    all | forge-hf | swarmlm | forge-gguf | llama | report) ;;
+    *)
+        echo "pager.sh: unknown STAGE '$STAGE' (all, forge-hf, swarmlm, forge-gguf, llama, report)" >&2
+        exit 2
+        ;;
+    esac
+    if [[ $STAGE == all || $STAGE == forge-hf ]] && [[ ! -f "$MODEL/config.json" ]]; then
+        rm -rf "$MODEL"
+        need_free "$(model_bytes)"
+        echo "== forging mixtral-8x7b --layers $LAYERS into $MODEL" >&2
+        "$BIN" forge "${forge_args[@]}" --out "$MODEL" >&2
+        sync
+    fi
+    if [[ $STAGE == all || $STAGE == swarmlm ]]; then
+        [[ -f "$MODEL/config.json" ]] || {
+            echo "pager.sh: no forged folder in $MODEL (run STAGE=forge-hf first)" >&2
+            exit 1
+        }
+        need_free 0
+        remember_model
+        mapfile -t DD_FILES < <(model_files)
+        measure_dd swarmlm "${DD_FILES[@]}"
+        GGUF_SAVED=$GGUF
+        GGUF=""
+        swarmlm_runs
+        GGUF=$GGUF_SAVED
+        [[ "${KEEP:-0}" == 1 ]] || rm -rf "$MODEL"
+    fi
+    if [[ $STAGE == all || $STAGE == forge-gguf ]] && [[ ! -f "$GGUF" ]]; then
+        # Only one big model at a time: the folder goes before the GGUF comes.
+        [[ "${KEEP:-0}" == 1 ]] || rm -rf "$MODEL"
+        need_free "$(model_bytes)"
+        echo "== forging mixtral-8x7b --layers $LAYERS as GGUF into $GGUF" >&2
+        "$BIN" forge "${forge_args[@]}" --format gguf --out "$GGUF" >&2
+        sync
+    fi
+    if [[ $STAGE == all || $STAGE == llama ]]; then
+        [[ -f "$GGUF" ]] || {
+            echo "pager.sh: no GGUF at $GGUF (run STAGE=forge-gguf first)" >&2
+            exit 1
+        }
+        llama_ok || {
+            echo "pager.sh: llama.cpp needs python3 -c 'import llama_cpp' and $LLAMA_BENCH" >&2
+            exit 1
+        }
+        need_free 0
+        SAVED_MODEL=$MODEL
+        MODEL=/nonexistent
+        measure_dd llama "$GGUF"
+        llama_runs
+        MODEL=$SAVED_MODEL
+        [[ "${KEEP:-0}" == 1 ]] || rm -f "$GGUF"
+    fi
+    if [[ $STAGE != all && $STAGE != report ]]; then
+        exit 0
+    fi
+    [[ -f "$WORK/config.json" ]] || {
+        echo "pager.sh: no results in $WORK (run STAGE=swarmlm first)" >&2
+        exit 1
+    }
+fi
+
+python3 - "$WORK" "$TOKENS" "$LIMIT" "$BUDGET" <<'PY'
 import json, os, re, statistics, sys
-work, tokens, dd, limit, budget, model, layers = sys.argv[1:8]
+work, tokens, limit, budget = sys.argv[1:5]
 tokens = int(tokens)
-cfg = json.load(open(f"{model}/config.json"))
+cfg = json.load(open(f"{work}/config.json"))
+layers = cfg["num_hidden_layers"]
 expert = 3 * cfg["hidden_size"] * cfg["intermediate_size"] * 2
 # Non-expert weights are read once at load; the efficiency ratio compares the rest with misses.
-shards = sum(os.path.getsize(f"{model}/{f}") for f in os.listdir(model) if f.endswith(".safetensors"))
+shards = int(open(f"{work}/shard_bytes").read())
+def read(name):
+    return open(f"{work}/{name}").read().strip() if os.path.exists(f"{work}/{name}") else None
+# Sequential stages measured dd (and load) each on their own files.
+def dd_of(run):
+    tag = "llama" if run.startswith("llama.cpp") else "swarmlm"
+    return float(read(f"dd.{tag}") or read("dd.all"))
+dd = " / ".join(f"{t} {read('dd.' + t)}" for t in ("all", "swarmlm", "llama") if read("dd." + t))
+loads = " / ".join(f"{t} {read('load.' + t)}" for t in ("all", "swarmlm", "llama") if read("load." + t))
 non_expert = shards - cfg["num_hidden_layers"] * cfg["num_local_experts"] * expert
 def load(name):
     rc, oom, peak = open(f"{work}/{name}.rc").read().split()
@@ -235,8 +402,9 @@ for r in ("unlimited", "llama.cpp-unlimited"):
     if os.path.exists(f"{work}/{r}.json"):
         refs[r] = load(r)[0]
 names = ["unlimited"] + sorted(n[:-5] for n in os.listdir(work)
-                               if n.endswith(".json") and n != "unlimited.json")
-print(f"mixtral-8x7b --layers {layers}, {tokens} greedy tokens; dd iflag=direct {dd} MB/s; "
+                               if n.endswith(".json") and n != "unlimited.json"
+                               and os.path.exists(f"{work}/{n[:-5]}.rc"))
+print(f"mixtral-8x7b --layers {layers}, {tokens} greedy tokens; dd iflag=direct MB/s: {dd}; load: {loads}; "
       f"cgroup memory {limit}, --memory-budget {budget}; expert {expert/1e6:.0f} MB, "
       f"non-expert {non_expert/1e6:.0f} MB (read once; disk MB/tok counts it)")
 print(f"{'run':<31} {'rc':>3} {'oom':>4} {'decode tok/s':>12} {'x llama':>7} {'disk MB/tok':>11} "
@@ -267,7 +435,7 @@ for n in names:
     hr = f"{100 * hits / (hits + misses):.1f}" if hits is not None and hits + misses else "-"
     dmbs, dbusy = decode_window(n, j)
     dmbs_s = f"{dmbs:.0f}" if dmbs is not None else "-"
-    ddr = f"{dmbs / float(dd):.2f}" if dmbs is not None else "-"
+    ddr = f"{dmbs / dd_of(n):.2f}" if dmbs is not None else "-"
     dbusy_s = f"{100 * dbusy:.0f}%" if dbusy is not None else "-"
     tps = j["decode_tokens_per_s"]
     peer = llama.get(round_of(n)) if n.startswith("budget-") else None
