@@ -17,6 +17,7 @@ use swarmlm_weights::{Checkpoint, MixtralConfig, RopeLayout};
 
 use crate::error::{EngineError, Result};
 use crate::experts::ExpertStore;
+use crate::pager::Phase;
 use crate::populate::{populate, FirstUse};
 use crate::profile::{Op, OpProfile};
 
@@ -623,6 +624,22 @@ impl<'w> MixtralSparseMoeBlock<'w> {
             model.populate_expert_once(layer, e);
             let w = model.experts.acquire(layer, e)?;
             let n = tokens.len();
+            if let Some(blocks) = w.blocks() {
+                let x = Streamed {
+                    pool,
+                    w: &w,
+                    blocks,
+                    hidden,
+                    hsz,
+                    inter: s.intermediate_size,
+                };
+                if t == 1 {
+                    x.single(tokens[0].1, out, &mut a.expert_scratch)?;
+                } else {
+                    x.batch(tokens, out, a)?;
+                }
+                continue;
+            }
             if t == 1 {
                 a.expert_scratch.resize(s.intermediate_size, 0.0);
                 kernels::expert_ffn_bf16(
@@ -662,6 +679,94 @@ impl<'w> MixtralSparseMoeBlock<'w> {
             }
         }
         model.profile.lap(mark, Op::Experts);
+        Ok(())
+    }
+}
+
+/// One streamed expert's FFN ([`crate::pager::Pinned::blocks`]): each block computed as soon
+/// as its rows are in memory and dropped behind, with the same row kernels as the
+/// whole-expert path, so the results are bit-identical.
+struct Streamed<'a, 'p, 'w> {
+    pool: &'a Pool,
+    w: &'a crate::pager::Pinned<'p, 'w>,
+    blocks: &'a [crate::pager::Block],
+    /// The layer's input, `[t, hsz]`.
+    hidden: &'a [f32],
+    hsz: usize,
+    inter: usize,
+}
+
+impl Streamed<'_, '_, '_> {
+    /// Decode (one token): [`kernels::expert_ffn_bf16`] block by block.
+    fn single(&self, scale: f32, out: &mut [f32], scratch: &mut Vec<f32>) -> Result<()> {
+        scratch.resize(self.inter, 0.0);
+        let (hsz, isz) = (self.hsz, self.inter);
+        for (i, b) in self.blocks.iter().enumerate() {
+            self.w.wait_block(i)?;
+            let r = b.rows.clone();
+            match b.phase {
+                Phase::GateUp => kernels::expert_gate_up_rows_bf16(
+                    self.pool,
+                    &self.w.w1[r.start * hsz..r.end * hsz],
+                    &self.w.w3[r.start * hsz..r.end * hsz],
+                    &self.hidden[..hsz],
+                    &mut scratch[r],
+                ),
+                Phase::Down => kernels::expert_down_rows_bf16(
+                    self.pool,
+                    &self.w.w2[r.start * isz..r.end * isz],
+                    &scratch[..isz],
+                    scale,
+                    &mut out[r],
+                ),
+            }
+            self.w.release_block(i)?;
+        }
+        Ok(())
+    }
+
+    /// Prefill (the tokens routed to this expert, with their weights):
+    /// [`kernels::expert_ffn_bf16_batch`] block by block.
+    fn batch(&self, tokens: &[(usize, f32)], out: &mut [f32], a: &mut Activations) -> Result<()> {
+        let (hsz, isz, n) = (self.hsz, self.inter, tokens.len());
+        let xs = sized(&mut a.expert_in, n * hsz);
+        for (row, &(i, _)) in xs.chunks_exact_mut(hsz).zip(tokens) {
+            row.copy_from_slice(&self.hidden[i * hsz..(i + 1) * hsz]);
+        }
+        a.expert_scales.clear();
+        a.expert_scales.extend(tokens.iter().map(|&(_, w)| w));
+        let ys = sized(&mut a.expert_out, n * hsz);
+        let h = sized(&mut a.expert_scratch, n * isz);
+        for (i, b) in self.blocks.iter().enumerate() {
+            self.w.wait_block(i)?;
+            let r = b.rows.clone();
+            match b.phase {
+                Phase::GateUp => kernels::expert_gate_up_rows_bf16_batch(
+                    self.pool,
+                    &self.w.w1[r.start * hsz..r.end * hsz],
+                    &self.w.w3[r.start * hsz..r.end * hsz],
+                    xs,
+                    n,
+                    r.start,
+                    h,
+                ),
+                Phase::Down => kernels::expert_down_rows_bf16_batch(
+                    self.pool,
+                    &self.w.w2[r.start * isz..r.end * isz],
+                    h,
+                    n,
+                    &a.expert_scales,
+                    r.start,
+                    ys,
+                ),
+            }
+            self.w.release_block(i)?;
+        }
+        for (row, &(i, _)) in ys.chunks_exact(hsz).zip(tokens) {
+            for (o, y) in out[i * hsz..(i + 1) * hsz].iter_mut().zip(row) {
+                *o += y;
+            }
+        }
         Ok(())
     }
 }

@@ -48,10 +48,12 @@ pub use attention::{
 pub use error::KernelError;
 pub use isa::{isa, Isa};
 pub use linear::{
-    expert_ffn_bf16, expert_ffn_bf16_batch, matmul_bf16, matvec_bf16, matvec_bf16_bf16act,
-    round_to_bf16, try_expert_ffn_bf16, try_expert_ffn_bf16_batch, try_expert_ffn_bf16_batch_with,
-    try_expert_ffn_bf16_with, try_matmul_bf16, try_matmul_bf16_with, try_matvec_bf16,
-    try_matvec_bf16_bf16act, try_matvec_bf16_bf16act_with, try_matvec_bf16_with,
+    expert_down_rows_bf16, expert_down_rows_bf16_batch, expert_ffn_bf16, expert_ffn_bf16_batch,
+    expert_gate_up_rows_bf16, expert_gate_up_rows_bf16_batch, matmul_bf16, matvec_bf16,
+    matvec_bf16_bf16act, round_to_bf16, try_expert_ffn_bf16, try_expert_ffn_bf16_batch,
+    try_expert_ffn_bf16_batch_with, try_expert_ffn_bf16_with, try_matmul_bf16,
+    try_matmul_bf16_with, try_matvec_bf16, try_matvec_bf16_bf16act, try_matvec_bf16_bf16act_with,
+    try_matvec_bf16_with,
 };
 pub use math::{rms_norm, rms_norm_bf16, silu, softmax_in_place, try_rms_norm, try_rms_norm_bf16};
 pub use pool::{split_range, Pool};

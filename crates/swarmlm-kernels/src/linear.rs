@@ -524,6 +524,38 @@ pub fn try_expert_ffn_bf16_with(
     Ok(())
 }
 
+/// A block of rows of [`expert_ffn_bf16`]'s first phase, for an expert whose weights arrive
+/// piece by piece: `h[i] = silu(w1[i]·x) * (w3[i]·x)` for the rows `w1` and `w3` hold (the
+/// same rows of each; `h.len()` of them). Each row is computed exactly as the whole-expert
+/// kernel computes it, so blocks covering all rows give bit-identical results.
+///
+/// # Panics
+/// If `w1` or `w3` is not `h.len()` rows of `x.len()` columns.
+#[track_caller]
+pub fn expert_gate_up_rows_bf16(pool: &Pool, w1: &[bf16], w3: &[bf16], x: &[f32], h: &mut [f32]) {
+    let k = "expert_gate_up_rows_bf16";
+    or_panic((|| {
+        let n = mul(k, "w1", h.len(), x.len())?;
+        check_len(k, "w1", n, w1.len())?;
+        check_len(k, "w3", n, w3.len())
+    })());
+    with_backend!(Isa::detect(), b => gate_up_driver(b, pool, w1, w3, x, h));
+}
+
+/// A block of rows of [`expert_ffn_bf16`]'s second phase: `out[r] += scale * (w2[r]·h)` for
+/// the rows `w2` holds (`out.len()` of them; `h` is the whole intermediate vector).
+///
+/// # Panics
+/// If `w2` is not `out.len()` rows of `h.len()` columns.
+#[track_caller]
+pub fn expert_down_rows_bf16(pool: &Pool, w2: &[bf16], h: &[f32], scale: f32, out: &mut [f32]) {
+    let k = "expert_down_rows_bf16";
+    or_panic((|| {
+        check_len(k, "w2", mul(k, "w2", out.len(), h.len())?, w2.len())
+    })());
+    with_backend!(Isa::detect(), b => matvec_driver(b, pool, w2, h, out, Mode::AddScaled(scale)));
+}
+
 /// `h[i] = silu(w1[i]·x) * (w3[i]·x)`, two rows of each matrix per micro-kernel.
 fn gate_up_driver<B: Backend>(
     b: B,
@@ -647,34 +679,164 @@ pub fn try_expert_ffn_bf16_batch_with(
     }
     let h = &mut scratch[..need];
     with_backend!(isa, b => {
-        // Phase 1: h[t, i] = silu(w1[i]·x[t]) * (w3[i]·x[t]), two rows of each matrix per tile.
-        let hs = SharedMut::new(h);
-        let g = |i: usize| &w1[i * hidden..(i + 1) * hidden];
-        let u = |i: usize| &w3[i * hidden..(i + 1) * hidden];
-        par_rows(pool, inter, 2 * hidden * n, |rr| {
-            // Unit k = rows s+k and s+half+k of w1 and of w3: four long read streams.
-            let (s, half) = (rr.start, rr.len() / 2);
-            run_tiles::<_, 4>(b, x, hidden, n, 0..half,
-                |k| [g(s + k), g(s + half + k), u(s + k), u(s + half + k)],
-                |k, t, v| {
-                    // SAFETY: rows of this chunk only (chunks are thread-disjoint); `h`
-                    // outlives the job.
-                    unsafe {
-                        hs.set(t * inter + s + k, silu(v[0]) * v[2]);
-                        hs.set(t * inter + s + half + k, silu(v[1]) * v[3]);
-                    }
-                });
-            run_tiles::<_, 2>(b, x, hidden, n, s + 2 * half..rr.end, |i| [g(i), u(i)], |i, t, v| {
-                // SAFETY: as above.
-                unsafe { hs.set(t * inter + i, silu(v[0]) * v[1]) }
-            });
-        });
-        // Phase 2: out[t, r] += scales[t] * (w2[r] · h[t]).
-        let os = SharedMut::new(out);
-        matmul_driver(b, pool, w2, hidden, inter, h, n, |t, r, v| {
-            // SAFETY: thread-disjoint rows r; `out` outlives the job.
-            unsafe { os.add(t * hidden + r, scales[t] * v) }
-        });
+        gate_up_batch_driver(b, pool, w1, w3, x, n, 0, h);
+        down_batch_driver(b, pool, w2, h, n, scales, 0, out);
     });
     Ok(())
+}
+
+/// Phase 1 of the batched FFN for the rows `row0..` that `w1` and `w3` hold:
+/// `h[t, i] = silu(w1[i]·x[t]) * (w3[i]·x[t])`, two rows of each matrix per tile; `h` is
+/// `[n, I]`, `x` is `[n, H]`.
+#[allow(clippy::too_many_arguments)]
+fn gate_up_batch_driver<B: Backend>(
+    b: B,
+    pool: &Pool,
+    w1: &[bf16],
+    w3: &[bf16],
+    x: &[f32],
+    n: usize,
+    row0: usize,
+    h: &mut [f32],
+) {
+    let hidden = x.len() / n;
+    let inter = h.len() / n;
+    let rows = w1.len() / hidden;
+    let hs = SharedMut::new(h);
+    let g = |i: usize| &w1[i * hidden..(i + 1) * hidden];
+    let u = |i: usize| &w3[i * hidden..(i + 1) * hidden];
+    let at = |t: usize, i: usize| t * inter + row0 + i;
+    par_rows(pool, rows, 2 * hidden * n, |rr| {
+        // Unit k = rows s+k and s+half+k of w1 and of w3: four long read streams.
+        let (s, half) = (rr.start, rr.len() / 2);
+        run_tiles::<_, 4>(
+            b,
+            x,
+            hidden,
+            n,
+            0..half,
+            |k| [g(s + k), g(s + half + k), u(s + k), u(s + half + k)],
+            |k, t, v| {
+                // SAFETY: rows of this chunk only (chunks are thread-disjoint); `h`
+                // outlives the job.
+                unsafe {
+                    hs.set(at(t, s + k), silu(v[0]) * v[2]);
+                    hs.set(at(t, s + half + k), silu(v[1]) * v[3]);
+                }
+            },
+        );
+        run_tiles::<_, 2>(
+            b,
+            x,
+            hidden,
+            n,
+            s + 2 * half..rr.end,
+            |i| [g(i), u(i)],
+            |i, t, v| {
+                // SAFETY: as above.
+                unsafe { hs.set(at(t, i), silu(v[0]) * v[1]) }
+            },
+        );
+    });
+}
+
+/// Phase 2 of the batched FFN for the rows `row0..` that `w2` holds:
+/// `out[t, r] += scales[t] * (w2[r] · h[t])`; `out` is `[n, H]`, `h` is `[n, I]`.
+#[allow(clippy::too_many_arguments)]
+fn down_batch_driver<B: Backend>(
+    b: B,
+    pool: &Pool,
+    w2: &[bf16],
+    h: &[f32],
+    n: usize,
+    scales: &[f32],
+    row0: usize,
+    out: &mut [f32],
+) {
+    let inter = h.len() / n;
+    let hidden = out.len() / n;
+    let rows = w2.len() / inter;
+    let os = SharedMut::new(out);
+    matmul_driver(b, pool, w2, rows, inter, h, n, |t, r, v| {
+        // SAFETY: thread-disjoint rows r; `out` outlives the job.
+        unsafe { os.add(t * hidden + row0 + r, scales[t] * v) }
+    });
+}
+
+/// Checks a row block of a batched expert FFN: `input` (`[n, cols]`) and `output`
+/// (`[n, total]`) are `n` rows each, and `w` holds whole rows of `cols` columns that fit below
+/// `total` rows from `row0`.
+fn check_block(
+    k: &'static str,
+    w: usize,
+    input: usize,
+    output: usize,
+    n: usize,
+    row0: usize,
+) -> Result<(), KernelError> {
+    if n == 0 || !input.is_multiple_of(n) || !output.is_multiple_of(n) {
+        return Err(KernelError::Invalid {
+            kernel: k,
+            arg: "n",
+            what: format!("activations of {input} and {output} elements are not {n} rows each"),
+        });
+    }
+    let (cols, total) = (input / n, output / n);
+    if cols == 0 || !w.is_multiple_of(cols) || row0 + w / cols > total {
+        return Err(KernelError::Invalid {
+            kernel: k,
+            arg: "w",
+            what: format!(
+                "{w} elements are not whole rows of {cols} columns within rows {row0}..{total}"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A block of rows of [`expert_ffn_bf16_batch`]'s first phase (see
+/// [`expert_gate_up_rows_bf16`]): rows `row0..` of `h` (`[n, I]`) from the same rows of `w1`
+/// and `w3`, for the `n` tokens of `x` (`[n, H]`). Bit-identical per row to the whole kernel.
+///
+/// # Panics
+/// On shapes that do not agree.
+#[track_caller]
+pub fn expert_gate_up_rows_bf16_batch(
+    pool: &Pool,
+    w1: &[bf16],
+    w3: &[bf16],
+    x: &[f32],
+    n: usize,
+    row0: usize,
+    h: &mut [f32],
+) {
+    let k = "expert_gate_up_rows_bf16_batch";
+    or_panic((|| {
+        check_block(k, w1.len(), x.len(), h.len(), n, row0)?;
+        check_len(k, "w3", w1.len(), w3.len())
+    })());
+    with_backend!(Isa::detect(), b => gate_up_batch_driver(b, pool, w1, w3, x, n, row0, h));
+}
+
+/// A block of rows of [`expert_ffn_bf16_batch`]'s second phase: rows `row0..` of `out`
+/// (`[n, H]`, accumulated) from the rows `w2` holds and the whole `h` (`[n, I]`).
+///
+/// # Panics
+/// On shapes that do not agree.
+#[track_caller]
+pub fn expert_down_rows_bf16_batch(
+    pool: &Pool,
+    w2: &[bf16],
+    h: &[f32],
+    n: usize,
+    scales: &[f32],
+    row0: usize,
+    out: &mut [f32],
+) {
+    let k = "expert_down_rows_bf16_batch";
+    or_panic((|| {
+        check_block(k, w2.len(), h.len(), out.len(), n, row0)?;
+        check_len(k, "scales", n, scales.len())
+    })());
+    with_backend!(Isa::detect(), b => down_batch_driver(b, pool, w2, h, n, scales, row0, out));
 }

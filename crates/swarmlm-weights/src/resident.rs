@@ -158,47 +158,73 @@ impl Checkpoint {
         let Some(span) = self.span(hf_name)? else {
             return Ok(());
         };
-        let page = page_size();
-        let (s, e) = span.outward(page);
-        // SAFETY: [s, e) is page-aligned and within the pages of a live read-only map (see
-        // `advise`); MADV_DONTNEED on a read-only file mapping only drops page-table entries.
-        let rc = unsafe { libc::madvise(s as *mut libc::c_void, e - s, libc::MADV_DONTNEED) };
-        if rc != 0 {
-            return Err(WeightsError::Syscall {
-                tensor: hf_name.to_string(),
-                op: "madvise",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        // File offsets; the kernel drops only whole pages inside the range, so rounding the
-        // ends outward is what includes the shared pages.
-        let start = if head {
-            span.start / page * page
-        } else {
-            span.start
-        };
-        let end = if tail {
-            span.end.div_ceil(page) * page
-        } else {
-            span.end
-        };
-        // SAFETY: plain syscall on an open descriptor owned by this checkpoint; no memory is
-        // passed.
-        let rc = unsafe {
-            libc::posix_fadvise(
-                span.fd,
-                start as libc::off_t,
-                (end - start) as libc::off_t,
-                libc::POSIX_FADV_DONTNEED,
-            )
-        };
-        if rc != 0 {
-            return Err(WeightsError::Syscall {
-                tensor: hf_name.to_string(),
-                op: "posix_fadvise",
-                source: std::io::Error::from_raw_os_error(rc),
-            });
-        }
-        Ok(())
+        drop_span(&span, hf_name, head, tail)
     }
+
+    /// [`Checkpoint::drop_page_cache`] for the bytes `part` of the tensor (offsets within it,
+    /// clamped to its length): for a caller done with one piece of a tensor while it still
+    /// needs the rest. Pages shared with the bytes before and after `part` stay cached.
+    pub fn drop_page_cache_part(
+        &self,
+        hf_name: &str,
+        part: std::ops::Range<usize>,
+    ) -> Result<(), WeightsError> {
+        let Some(mut span) = self.span(hf_name)? else {
+            return Ok(());
+        };
+        let len = span.end - span.start;
+        span.end = span.start + part.end.min(len);
+        span.start += part.start.min(len);
+        if span.start >= span.end {
+            return Ok(());
+        }
+        drop_span(&span, hf_name, false, false)
+    }
+}
+
+/// Unmaps the pages `span` touches and evicts its whole pages (and, with `head` / `tail`, its
+/// partial first / last page) from the page cache.
+fn drop_span(span: &Span, hf_name: &str, head: bool, tail: bool) -> Result<(), WeightsError> {
+    let page = page_size();
+    let (s, e) = span.outward(page);
+    // SAFETY: [s, e) is page-aligned and within the pages of a live read-only map (see
+    // `advise`); MADV_DONTNEED on a read-only file mapping only drops page-table entries.
+    let rc = unsafe { libc::madvise(s as *mut libc::c_void, e - s, libc::MADV_DONTNEED) };
+    if rc != 0 {
+        return Err(WeightsError::Syscall {
+            tensor: hf_name.to_string(),
+            op: "madvise",
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // File offsets; the kernel drops only whole pages inside the range, so rounding the
+    // ends outward is what includes the shared pages.
+    let start = if head {
+        span.start / page * page
+    } else {
+        span.start
+    };
+    let end = if tail {
+        span.end.div_ceil(page) * page
+    } else {
+        span.end
+    };
+    // SAFETY: plain syscall on an open descriptor owned by this checkpoint; no memory is
+    // passed.
+    let rc = unsafe {
+        libc::posix_fadvise(
+            span.fd,
+            start as libc::off_t,
+            (end - start) as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    if rc != 0 {
+        return Err(WeightsError::Syscall {
+            tensor: hf_name.to_string(),
+            op: "posix_fadvise",
+            source: std::io::Error::from_raw_os_error(rc),
+        });
+    }
+    Ok(())
 }

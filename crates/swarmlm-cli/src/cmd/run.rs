@@ -100,8 +100,11 @@ pub struct PagerArgs {
 /// Eviction policy names on the command line.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PolicyArg {
-    /// Each layer keeps a stable share of the budget (LRU within the layer).
+    /// Each layer keeps a stable share of the budget (LRU within the layer); experts beyond
+    /// it are streamed when one token needs more than the budget.
     LayerLru,
+    /// Each layer keeps its most often routed experts resident; the others are streamed.
+    LayerFreq,
     /// Least recently used across all layers.
     Lru,
 }
@@ -129,6 +132,7 @@ impl PagerArgs {
         let cfg = PagerConfig {
             policy: match self.pager_policy {
                 PolicyArg::LayerLru => Policy::LayerLru,
+                PolicyArg::LayerFreq => Policy::LayerFreq,
                 PolicyArg::Lru => Policy::Lru,
             },
             prefetch: match self.prefetch {

@@ -18,6 +18,14 @@
 //! - [`Pager::acquire`] pins an expert for compute, waiting on a condvar only if it is not
 //!   ready yet; the pin is released when the returned [`Pinned`] is dropped.
 //!
+//! An expert the policy does not give a slot is **streamed** ([`Policy::LayerLru`] when one
+//! token needs more experts than there are slots, [`Policy::LayerFreq`] always): the I/O
+//! threads read it block by block (rows of w1 and w3, then rows of w2, see
+//! [`source::stream_blocks`]), the compute thread computes each block as soon as it is in
+//! ([`Pinned::wait_block`]) and drops it behind ([`Pinned::release_block`]). A streamed
+//! expert needs only the read buffers' worth of memory, so every slot of the budget can hold
+//! a stable expert.
+//!
 //! Which expert leaves when a slot is needed is the [`Policy`]. Which experts are loaded
 //! *before* they are needed is the [`Prefetch`] mode: with `Lookahead`, while layer `L` runs, the
 //! engine applies layer `L+1`'s router to the current hidden state, and the pager starts loading
@@ -40,12 +48,16 @@ use std::time::Instant;
 use swarmlm_weights::{Advice, Checkpoint, WeightsError};
 
 pub use size::{format_size, parse_size};
-pub use source::{ExpertSource, FileRange};
+pub use source::{Block, ExpertSource, FileRange, Phase};
 pub use stats::{LayerStats, PagerStats};
 
 use crate::experts::ExpertWeights;
 use crate::model::expert_tensor_names;
 use source::{Files, Piece, READERS};
+
+/// Per layer step, each expert's routing score is multiplied by this before the experts the
+/// router picked get +1 ([`Policy::LayerFreq`]): a memory of ~20 tokens.
+const SCORE_DECAY: f64 = 0.95;
 
 /// Errors of the expert pager.
 #[derive(Debug, thiserror::Error)]
@@ -92,12 +104,19 @@ pub enum Policy {
     /// Free slots are lent to any layer; a layer under its share takes slots back from layers
     /// over theirs.
     ///
-    /// When a share would be smaller than top-k (fewer slots than layers × top-k), equal shares
-    /// cascade: each layer borrows for its second expert the slot the next layer kept, so every
-    /// request misses (measured: 0 hits of 140 on 4 forged Mixtral layers with 4 slots). Then
-    /// top-k slots are kept for streaming, the rest are split into the layers' stable shares,
-    /// and a slot is always taken first from a layer over its share (a streamed expert).
+    /// When a share would be smaller than top-k (fewer slots than layers × top-k), borrowing
+    /// slots cascades: each layer takes for its second expert the slot the next layer kept, so
+    /// every request misses (measured: 0 hits of 140 on 4 forged Mixtral layers with 4 slots).
+    /// Then no slot is lent: a layer's shares are its stable experts (a miss replaces the
+    /// layer's least recently used one) and an expert that finds no slot of its layer free is
+    /// streamed: computed piece by piece as its bytes arrive, holding only the read buffers.
     LayerLru,
+    /// Like [`Policy::LayerLru`]'s streaming mode at every budget, with the stable experts
+    /// chosen by routing frequency: each expert has a score (its picks, decayed by
+    /// `SCORE_DECAY` per token) and a missed expert takes a slot only from a resident
+    /// expert of its layer with a lower score; otherwise it is streamed. A recency order
+    /// replaces a stable expert with every expert that misses; this keeps the often-picked ones.
+    LayerFreq,
 }
 
 /// Whether experts are loaded ahead of the router's demand.
@@ -153,6 +172,18 @@ enum Status {
     Loading,
     Ready,
     Failed,
+    /// Being read and computed piece by piece, outside the slots (see [`Pinned::blocks`]).
+    Streaming,
+}
+
+/// Where one piece of a streamed expert stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PieceState {
+    Unstarted,
+    Reading,
+    Read,
+    /// Computed and dropped from memory.
+    Released,
 }
 
 #[derive(Debug, Clone)]
@@ -171,6 +202,10 @@ struct Entry {
     /// they are gone.
     evicting: bool,
     error: Option<String>,
+    /// Routing frequency, decayed ([`Policy::LayerFreq`]).
+    score: f64,
+    /// While streaming: each piece of its stream plan.
+    pieces: Vec<PieceState>,
 }
 
 /// One expert being read by the I/O threads.
@@ -182,6 +217,8 @@ struct Load {
     /// Pieces handed out or not, whose read has not finished.
     outstanding: usize,
     error: Option<String>,
+    /// A streamed expert: its pieces are computed and dropped one by one, outside the slots.
+    stream: bool,
 }
 
 struct State {
@@ -194,6 +231,8 @@ struct State {
     unstarted_bytes: u64,
     /// Bytes of evicted experts whose pages are still being dropped.
     evicting_bytes: u64,
+    /// Bytes of streamed pieces being read or read and not yet computed and dropped.
+    stream_held: u64,
     clock: u64,
     /// Experts queued, loading or ready (each takes one slot).
     resident: usize,
@@ -212,8 +251,12 @@ struct Shared {
     /// Bytes of each expert (layer-major).
     bytes: Vec<u64>,
     /// Expert bytes the I/O threads may read beyond the budget while evicted experts' pages
-    /// are still being dropped (see `take_piece`).
+    /// are still being dropped, or streamed pieces wait to be computed (see `take_piece`).
     slack: u64,
+    /// The blocks every expert is streamed in (all experts have one shape).
+    blocks: Vec<Block>,
+    /// Bytes of one row of w1, w3 and w2.
+    row_bytes: [u64; 3],
     /// The I/O threads wait here for work.
     work: Condvar,
     /// The compute thread waits here for loads to finish.
@@ -257,9 +300,9 @@ pub struct Pager<'w> {
     expert_bytes: u64,
     slots: usize,
     quotas: Vec<usize>,
-    /// Fewer slots than layers × top-k: `quotas` split all but top-k slots (see
-    /// [`Policy::LayerLru`]).
-    streaming: bool,
+    /// Misses beyond a layer's share are streamed, not given a slot (see [`Policy::LayerLru`]
+    /// and [`Policy::LayerFreq`]).
+    streams: bool,
     /// Per expert (layer-major): its three tensor names (w1, w3, w2).
     names: Vec<[String; 3]>,
     /// Per expert: the byte length of each of those tensors.
@@ -419,10 +462,13 @@ impl<'w> Pager<'w> {
         }
         let total = layers * num_experts;
         let slots = ((cfg.budget_bytes / expert_bytes) as usize).min(total);
-        let streaming = slots < layers * top_k;
-        let stable = if streaming { slots - top_k } else { slots };
+        let streams = match cfg.policy {
+            Policy::Lru => false,
+            Policy::LayerLru => slots < layers * top_k,
+            Policy::LayerFreq => true,
+        };
         let quotas = (0..layers)
-            .map(|l| stable / layers + usize::from(l < stable % layers))
+            .map(|l| slots / layers + usize::from(l < slots % layers))
             .collect();
 
         let edges = edge_owners(checkpoint, &names)?;
@@ -454,6 +500,8 @@ impl<'w> Pager<'w> {
                     prefetched: false,
                     evicting: false,
                     error: None,
+                    score: 0.0,
+                    pieces: Vec::new(),
                 };
                 total
             ],
@@ -462,6 +510,7 @@ impl<'w> Pager<'w> {
             active: VecDeque::new(),
             unstarted_bytes: 0,
             evicting_bytes: 0,
+            stream_held: 0,
             clock: 0,
             resident: 0,
             peak: 0,
@@ -472,10 +521,15 @@ impl<'w> Pager<'w> {
             shutdown: false,
         };
         let chunk = source::chunk_for_budget(cfg.budget_bytes);
+        // Streamed pieces are half a read piece: a gate/up block (w1 and w3 rows) is one
+        // piece's worth, so the slack holds the block being computed and 3 pieces in flight.
+        let (hsz, isz) = (c.hidden_size, c.intermediate_size);
         let shared = Arc::new(Shared {
             state: Mutex::new(state),
             bytes: sizes,
             slack: (READERS * chunk) as u64,
+            blocks: source::stream_blocks(isz, hsz, chunk / 2),
+            row_bytes: [2 * hsz as u64, 2 * hsz as u64, 2 * isz as u64],
             work: Condvar::new(),
             done: Condvar::new(),
         });
@@ -521,7 +575,7 @@ impl<'w> Pager<'w> {
             expert_bytes,
             slots,
             quotas,
-            streaming,
+            streams,
             names,
             tensor_bytes,
             edges,
@@ -621,6 +675,23 @@ impl<'w> Pager<'w> {
         let base = layer * self.num_experts;
         for e in &mut st.entries[base..base + self.num_experts] {
             e.protected = false;
+            e.score *= SCORE_DECAY;
+        }
+        for &e in needed {
+            st.entries[base + e].score += 1.0;
+        }
+        let picks = &mut st.stats[layer].picks;
+        picks.resize(self.num_experts, 0);
+        for &e in needed {
+            picks[e] += 1;
+        }
+        if self.streams {
+            // No expert this layer needs may give its slot to another it needs: evicted, it
+            // would be streamed while its pages are still being dropped, and the streams
+            // queued behind it would take the read window first (see `take_piece`).
+            for &e in needed {
+                st.entries[base + e].protected = true;
+            }
         }
         if let Some(pred) = st.predicted[layer].take() {
             let correct = pred.iter().filter(|e| needed.contains(e)).count();
@@ -634,7 +705,7 @@ impl<'w> Pager<'w> {
             st.entries[idx].last_use = st.clock;
             st.entries[idx].protected = true;
             match st.entries[idx].status {
-                Status::Ready | Status::Loading | Status::Queued => {
+                Status::Ready | Status::Loading | Status::Queued | Status::Streaming => {
                     st.stats[layer].hits += 1;
                     if st.entries[idx].prefetched {
                         st.entries[idx].prefetched = false;
@@ -644,8 +715,15 @@ impl<'w> Pager<'w> {
                 }
                 Status::Absent | Status::Failed => {
                     st.stats[layer].misses += 1;
-                    if self.make_room(&mut st, idx, Tier::Free, victims) {
+                    if !self.streams {
+                        if self.make_room(&mut st, idx, Tier::Free, victims) {
+                            self.start_load(&mut st, idx, false);
+                        }
+                    } else if self.admit(&mut st, idx, victims) {
                         self.start_load(&mut st, idx, false);
+                    } else {
+                        st.stats[layer].streamed += 1;
+                        self.start_stream(&mut st, idx);
                     }
                 }
             }
@@ -660,9 +738,15 @@ impl<'w> Pager<'w> {
             for &e in &pred {
                 let idx = nbase + e;
                 st.entries[idx].protected = true;
-                if matches!(st.entries[idx].status, Status::Absent | Status::Failed)
-                    && self.make_room(&mut st, idx, Tier::Free, victims)
-                {
+                let absent = matches!(st.entries[idx].status, Status::Absent | Status::Failed);
+                let room = |st: &mut State, victims: &mut Vec<usize>| {
+                    if self.streams {
+                        self.admit(st, idx, victims)
+                    } else {
+                        self.make_room(st, idx, Tier::Free, victims)
+                    }
+                };
+                if absent && room(&mut st, victims) {
                     self.start_load(&mut st, idx, true);
                     st.entries[idx].prefetched = true;
                     st.stats[next].prefetch_issued += 1;
@@ -694,13 +778,17 @@ impl<'w> Pager<'w> {
         let mut attempted = false;
         loop {
             match st.entries[idx].status {
-                Status::Ready => {
-                    st.entries[idx].pins += 1;
+                Status::Ready | Status::Streaming => {
+                    let streamed = st.entries[idx].status == Status::Streaming;
+                    if !streamed {
+                        st.entries[idx].pins += 1;
+                    }
                     if let Some(t0) = waited {
                         st.stats[layer].stall += t0.elapsed();
                     }
                     return Ok(Pinned {
                         pager: Some((self, idx)),
+                        streamed,
                         weights,
                     });
                 }
@@ -711,6 +799,13 @@ impl<'w> Pager<'w> {
                         expert,
                         reason,
                     });
+                }
+                Status::Absent | Status::Failed if self.streams => {
+                    // Not planned by `begin_layer` (or its load failed): stream it rather
+                    // than take a stable expert's slot.
+                    self.start_stream(&mut st, idx);
+                    attempted = true;
+                    continue;
                 }
                 Status::Absent | Status::Failed => {
                     let mut victims = Vec::new();
@@ -767,17 +862,17 @@ impl<'w> Pager<'w> {
         let lru_among = |pred: &dyn Fn(usize) -> bool| {
             (0..st.entries.len())
                 .filter(|&i| ok(i) && pred(i))
-                .min_by_key(|&i| (st.entries[i].protected, st.entries[i].last_use))
+                .min_by(|&a, &b| self.keep_order(st, a, b))
         };
         match self.cfg.policy {
             Policy::Lru => lru_among(&|_| true),
-            Policy::LayerLru => {
+            Policy::LayerLru | Policy::LayerFreq => {
                 let e = self.num_experts;
                 let layer = idx / e;
                 let own = st.per_layer[layer] >= self.quotas[layer].max(1);
                 let from_own = || lru_among(&|i| i / e == layer);
                 let from_over = || lru_among(&|i| st.per_layer[i / e] > self.quotas[i / e]);
-                if self.streaming {
+                if self.streams {
                     from_over()
                         .or_else(from_own)
                         .or_else(|| lru_among(&|_| true))
@@ -790,6 +885,170 @@ impl<'w> Pager<'w> {
                 }
             }
         }
+    }
+
+    /// Which of two experts is the better one to evict (`Less`): unprotected before protected,
+    /// then the policy's order (lower score for [`Policy::LayerFreq`], then older use).
+    fn keep_order(&self, st: &State, a: usize, b: usize) -> std::cmp::Ordering {
+        let (x, y) = (&st.entries[a], &st.entries[b]);
+        let by_score = if self.cfg.policy == Policy::LayerFreq {
+            x.score.total_cmp(&y.score)
+        } else {
+            std::cmp::Ordering::Equal
+        };
+        x.protected
+            .cmp(&y.protected)
+            .then(by_score)
+            .then(x.last_use.cmp(&y.last_use))
+    }
+
+    /// In streaming mode: whether the missed expert `idx` gets a slot of its layer's share
+    /// (a free one, or one taken from the layer's weakest unpinned, unprotected resident
+    /// expert, which goes to `victims`) or is streamed instead. [`Policy::LayerFreq`] admits
+    /// it only over an expert with a lower routing score; [`Policy::LayerLru`] always.
+    fn admit(&self, st: &mut State, idx: usize, victims: &mut Vec<usize>) -> bool {
+        let e = self.num_experts;
+        let layer = idx / e;
+        if self.quotas[layer] == 0 {
+            return false;
+        }
+        if st.per_layer[layer] < self.quotas[layer] && st.resident < self.slots {
+            return true;
+        }
+        let victim = (layer * e..(layer + 1) * e)
+            .filter(|&i| {
+                let x = &st.entries[i];
+                i != idx
+                    && x.pins == 0
+                    && !x.protected
+                    && matches!(x.status, Status::Ready | Status::Queued)
+            })
+            .min_by(|&a, &b| self.keep_order(st, a, b));
+        match victim {
+            Some(v)
+                if self.cfg.policy != Policy::LayerFreq
+                    || st.entries[idx].score > st.entries[v].score =>
+            {
+                self.evict(st, v, victims);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Queues `idx` to be streamed: read piece by piece on the I/O threads, each piece
+    /// computed and dropped by the compute thread ([`Pinned::wait_block`],
+    /// [`Pinned::release_block`]). It takes no slot: the I/O threads hold at most `slack`
+    /// bytes of streamed pieces (see `take_piece`).
+    fn start_stream(&self, st: &mut State, idx: usize) {
+        let n = self.shared.blocks.last().map_or(0, |b| b.pieces.end);
+        let e = &mut st.entries[idx];
+        e.status = Status::Streaming;
+        e.error = None;
+        e.prefetched = false;
+        e.pieces = vec![PieceState::Unstarted; n];
+        st.demand_q.push_back(idx);
+        self.shared.work.notify_all();
+    }
+
+    /// Waits until every piece of block `b` of the streamed expert `idx` is read.
+    fn wait_block(&self, idx: usize, b: usize) -> Result<(), PagerError> {
+        let pieces = self.shared.blocks[b].pieces.clone();
+        let layer = idx / self.num_experts;
+        let mut st = self.shared.lock();
+        let mut waited: Option<Instant> = None;
+        loop {
+            let e = &st.entries[idx];
+            if let Some(reason) = &e.error {
+                return Err(PagerError::LoadFailed {
+                    layer,
+                    expert: idx % self.num_experts,
+                    reason: reason.clone(),
+                });
+            }
+            if e.pieces[pieces.clone()]
+                .iter()
+                .all(|&p| p == PieceState::Read)
+            {
+                if let Some(t0) = waited {
+                    st.stats[layer].stall += t0.elapsed();
+                }
+                return Ok(());
+            }
+            waited.get_or_insert_with(Instant::now);
+            st = self.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Drops block `b` of the streamed expert `idx` from memory (its rows are computed) and
+    /// lets the I/O threads read further.
+    fn release_block(&self, idx: usize, b: usize) -> Result<(), PagerError> {
+        let block = &self.shared.blocks[b];
+        let mut result = Ok(());
+        for &k in block.phase.tensors() {
+            let rb = self.shared.row_bytes[k] as usize;
+            let part = block.rows.start * rb..block.rows.end * rb;
+            if let Err(e) = self
+                .checkpoint
+                .drop_page_cache_part(&self.names[idx][k], part)
+            {
+                result = result.and(Err(PagerError::from(e)));
+            }
+        }
+        let mut st = self.shared.lock();
+        for (p, &k) in block.pieces.clone().zip(block.phase.tensors()) {
+            if st.entries[idx].pieces[p] == PieceState::Read {
+                st.entries[idx].pieces[p] = PieceState::Released;
+                st.stream_held -= block.rows.len() as u64 * self.shared.row_bytes[k];
+            }
+        }
+        drop(st);
+        self.shared.work.notify_all();
+        result
+    }
+
+    /// Ends a stream (normally after its last block, or early on an error): pieces not yet
+    /// started are not read, reads in flight are waited for, whatever is still held is
+    /// dropped, edge pages included when no resident expert shares them.
+    fn finish_stream(&self, idx: usize) -> Result<(), PagerError> {
+        let mut st = self.shared.lock();
+        while let Some(pos) = st.active.iter().position(|l| l.idx == idx) {
+            let load = &mut st.active[pos];
+            load.outstanding -= load.pieces.len() - load.next;
+            load.next = load.pieces.len();
+            if load.outstanding == 0 {
+                st.active.remove(pos);
+                break;
+            }
+            st = self.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        // Still queued (never started): it leaves the queue.
+        st.demand_q.retain(|&i| i != idx);
+        let mut held = 0;
+        for block in &self.shared.blocks {
+            for (p, &k) in block.pieces.clone().zip(block.phase.tensors()) {
+                if matches!(
+                    st.entries[idx].pieces[p],
+                    PieceState::Reading | PieceState::Read
+                ) {
+                    held += block.rows.len() as u64 * self.shared.row_bytes[k];
+                }
+            }
+        }
+        drop(st);
+        let result = self.drop_expert(idx, |_| {});
+        let mut st = self.shared.lock();
+        st.stream_held -= held;
+        let e = &mut st.entries[idx];
+        e.pieces.clear();
+        e.status = if e.error.is_some() {
+            Status::Failed
+        } else {
+            Status::Absent
+        };
+        drop(st);
+        self.shared.work.notify_all();
+        result
     }
 
     /// Takes `v`'s slot. A queued expert just leaves the queue; a ready one is marked
@@ -827,37 +1086,10 @@ impl<'w> Pager<'w> {
     fn drop_victims(&self, victims: &[usize]) -> Result<(), PagerError> {
         let mut result = Ok(());
         for &v in victims {
-            // An edge page goes too when every other expert sharing it is absent now (its own
-            // entry is already Absent). Decided at drop time: an expert queued since the
-            // eviction may already have read the shared page.
-            let gone: Vec<(bool, bool)> = {
-                let st = self.shared.lock();
-                let gone = |edge: &Option<Vec<usize>>| {
-                    edge.as_ref().is_some_and(|o| {
-                        o.iter().all(|&x| {
-                            matches!(st.entries[x].status, Status::Absent | Status::Failed)
-                        })
-                    })
-                };
-                self.edges[v]
-                    .iter()
-                    .map(|e| (gone(&e.head), gone(&e.tail)))
-                    .collect()
-            };
             let mut left = self.shared.bytes[v];
-            for (k, (name, (head, tail))) in self.names[v].iter().zip(gone).enumerate() {
-                let r = if self.cfg.drop_page_cache {
-                    self.checkpoint.drop_page_cache_edges(name, head, tail)
-                } else {
-                    self.checkpoint.advise(name, Advice::DontNeed)
-                };
-                if let Err(e) = r {
-                    if result.is_ok() {
-                        result = Err(PagerError::from(e));
-                    }
-                }
-                // Each tensor's bytes are released as soon as they are gone, so the I/O threads
-                // wait for one tensor's drop (~20 ms for 117 MB), not a whole expert's.
+            let r = self.drop_expert(v, |k| {
+                // Each tensor's bytes are released as soon as they are gone, so the I/O
+                // threads wait for one tensor's drop (~20 ms for 117 MB), not a whole expert's.
                 let freed = if k == 2 {
                     left
                 } else {
@@ -871,7 +1103,40 @@ impl<'w> Pager<'w> {
                 }
                 drop(st);
                 self.shared.work.notify_all();
-            }
+            });
+            result = result.and(r);
+        }
+        result
+    }
+
+    /// Drops expert `v`'s three tensors from this process and, by default, from the page
+    /// cache, calling `dropped(k)` after tensor `k` (even if a syscall failed); the first
+    /// error is returned. Its entry must no longer be resident.
+    fn drop_expert(&self, v: usize, mut dropped: impl FnMut(usize)) -> Result<(), PagerError> {
+        // An edge page goes too when every other expert sharing it is absent now. Decided at
+        // drop time: an expert queued since the eviction may already have read the shared page.
+        let gone: Vec<(bool, bool)> = {
+            let st = self.shared.lock();
+            let gone = |edge: &Option<Vec<usize>>| {
+                edge.as_ref().is_some_and(|o| {
+                    o.iter()
+                        .all(|&x| matches!(st.entries[x].status, Status::Absent | Status::Failed))
+                })
+            };
+            self.edges[v]
+                .iter()
+                .map(|e| (gone(&e.head), gone(&e.tail)))
+                .collect()
+        };
+        let mut result = Ok(());
+        for (k, (name, (head, tail))) in self.names[v].iter().zip(gone).enumerate() {
+            let r = if self.cfg.drop_page_cache {
+                self.checkpoint.drop_page_cache_edges(name, head, tail)
+            } else {
+                self.checkpoint.advise(name, Advice::DontNeed)
+            };
+            result = result.and(r.map_err(PagerError::from));
+            dropped(k);
         }
         result
     }
@@ -913,7 +1178,7 @@ fn stop(shared: &Shared, io: &mut Vec<JoinHandle<()>>) {
 fn residency_of(e: &Entry) -> Residency {
     match e.status {
         Status::Ready => Residency::Ready,
-        Status::Queued | Status::Loading => Residency::Loading,
+        Status::Queued | Status::Loading | Status::Streaming => Residency::Loading,
         Status::Failed => Residency::Failed(e.error.clone().unwrap_or_default()),
         Status::Absent => Residency::NoRoom,
     }
@@ -942,7 +1207,8 @@ fn io_loop(
         if st.shutdown {
             return;
         }
-        let Some((idx, piece)) = take_piece(&mut st, &shared, &sources, &files, chunk, per_layer)
+        let Some((idx, pi, piece)) =
+            take_piece(&mut st, &shared, &sources, &files, chunk, per_layer)
         else {
             st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
             continue;
@@ -955,13 +1221,24 @@ fn io_loop(
         };
         let load = &mut st.active[pos];
         load.outstanding -= 1;
+        let stream = load.stream;
         if let Err(reason) = result {
             // The expert has failed: the pieces nobody started are not read.
             let skipped: u64 = load.pieces[load.next..].iter().map(|p| p.2 as u64).sum();
             load.outstanding -= load.pieces.len() - load.next;
             load.next = load.pieces.len();
-            load.error.get_or_insert(reason);
-            st.unstarted_bytes -= skipped;
+            if stream {
+                // Compute waiting on a block sees the error at once.
+                st.entries[idx].error.get_or_insert(reason.clone());
+            } else {
+                st.unstarted_bytes -= skipped;
+            }
+            st.active[pos].error.get_or_insert(reason);
+        } else if stream {
+            st.entries[idx].pieces[pi] = PieceState::Read;
+        }
+        if stream {
+            shared.done.notify_all();
         }
         if st.active[pos].outstanding == 0 {
             let load = st.active.remove(pos).expect("position found above");
@@ -970,14 +1247,16 @@ fn io_loop(
     }
 }
 
-/// The next piece for an I/O thread, or `None` to wait: a piece of the oldest expert still
-/// being cut up, else the first piece of the next queued expert (demand before prefetch).
+/// The next piece for an I/O thread (its expert, its index in the expert's plan, the read),
+/// or `None` to wait: a piece of the oldest expert still being cut up, else the first piece
+/// of the next queued expert (demand before prefetch).
 ///
 /// Evicted experts' pages are dropped by the compute thread after it has queued their
 /// replacements, so the disk need not wait for the drops; but those pages are still in
-/// memory. A piece is started only while the bytes still to be dropped are covered by the
-/// bytes of queued experts not yet started plus `slack`: the page cache then holds at most
-/// the budget plus `slack` (the read buffers' size) of expert bytes.
+/// memory, as are streamed pieces until the compute thread has used and dropped them. A
+/// piece is started only while those bytes (with the piece itself, if streamed) are covered
+/// by the bytes of queued experts not yet started plus `slack`: the page cache then holds at
+/// most the budget plus `slack` (the read buffers' size) of expert bytes.
 fn take_piece(
     st: &mut State,
     shared: &Shared,
@@ -985,24 +1264,46 @@ fn take_piece(
     files: &Files,
     chunk: usize,
     per_layer: usize,
-) -> Option<(usize, Piece)> {
+) -> Option<(usize, usize, Piece)> {
     loop {
-        let allowed = |st: &State, len: usize| {
-            st.evicting_bytes <= st.unstarted_bytes - len as u64 + shared.slack
+        let allowed = |st: &State, len: u64, stream: bool| {
+            let (held, unstarted) = if stream { (len, 0) } else { (0, len) };
+            st.evicting_bytes + st.stream_held + held
+                <= st.unstarted_bytes - unstarted + shared.slack
         };
         if let Some(pos) = st.active.iter().position(|l| l.next < l.pieces.len()) {
-            let piece = st.active[pos].pieces[st.active[pos].next];
-            if !allowed(st, piece.2) {
+            let load = &st.active[pos];
+            let (pi, piece, stream) = (load.next, load.pieces[load.next], load.stream);
+            let len = piece.2 as u64;
+            if !allowed(st, len, stream) {
                 return None;
             }
             let load = &mut st.active[pos];
             load.next += 1;
             let idx = load.idx;
-            st.unstarted_bytes -= piece.2 as u64;
-            return Some((idx, piece));
+            if stream {
+                st.stream_held += len;
+                st.entries[idx].pieces[pi] = PieceState::Reading;
+            } else {
+                st.unstarted_bytes -= len;
+            }
+            return Some((idx, pi, piece));
         }
-        // An expert whose old pages are still being dropped waits for the drop to finish.
-        let ready = |q: &VecDeque<usize>| q.iter().position(|&i| !st.entries[i].evicting);
+        // An expert whose old pages are still being dropped waits for the drop to finish. A
+        // stream is never overtaken: the compute thread uses streams in queue order, so a
+        // later one holding the read window would wait for an earlier one that cannot start.
+        let ready = |q: &VecDeque<usize>| {
+            for (p, &i) in q.iter().enumerate() {
+                let e = &st.entries[i];
+                if !e.evicting {
+                    return Some(p);
+                }
+                if e.status == Status::Streaming {
+                    return None;
+                }
+            }
+            None
+        };
         let idx = if let Some(p) = ready(&st.demand_q) {
             st.demand_q.remove(p)?
         } else if let Some(p) = ready(&st.prefetch_q) {
@@ -1010,8 +1311,14 @@ fn take_piece(
         } else {
             return None;
         };
-        st.entries[idx].status = Status::Loading;
-        match files.plan(&sources[idx], chunk) {
+        let stream = st.entries[idx].status == Status::Streaming;
+        let planned = if stream {
+            files.plan_stream(&sources[idx], &shared.blocks, shared.row_bytes)
+        } else {
+            st.entries[idx].status = Status::Loading;
+            files.plan(&sources[idx], chunk)
+        };
+        match planned {
             Ok(pieces) if !pieces.is_empty() => {
                 let outstanding = pieces.len();
                 st.active.push_back(Load {
@@ -1020,17 +1327,29 @@ fn take_piece(
                     next: 0,
                     outstanding,
                     error: None,
+                    stream,
                 });
             }
             planned => {
                 // Nothing to read (an empty expert) or nothing readable: done at once.
-                st.unstarted_bytes -= shared.bytes[idx];
+                if !stream {
+                    st.unstarted_bytes -= shared.bytes[idx];
+                }
+                let error = match planned {
+                    Err(e) => Some(e),
+                    Ok(_) if stream => Some("the expert has no bytes to stream".to_string()),
+                    Ok(_) => None,
+                };
+                if stream {
+                    st.entries[idx].error.clone_from(&error);
+                }
                 let load = Load {
                     idx,
                     pieces: Vec::new(),
                     next: 0,
                     outstanding: 0,
-                    error: planned.err(),
+                    error,
+                    stream,
                 };
                 finish_load(st, shared, load, per_layer);
             }
@@ -1042,6 +1361,14 @@ fn take_piece(
 fn finish_load(st: &mut State, shared: &Shared, load: Load, per_layer: usize) {
     let idx = load.idx;
     let layer = idx / per_layer;
+    if load.stream {
+        // A streamed expert is ended by the compute thread (`Pager::finish_stream`).
+        if load.error.is_none() {
+            st.stats[layer].bytes_read += shared.bytes[idx];
+        }
+        shared.done.notify_all();
+        return;
+    }
     match load.error {
         None => {
             st.entries[idx].status = Status::Ready;
@@ -1060,8 +1387,13 @@ fn finish_load(st: &mut State, shared: &Shared, load: Load, per_layer: usize) {
 }
 
 /// An expert's weights, pinned for compute when a pager is attached; unpinned on drop.
+///
+/// A streamed expert (no slot: [`Pinned::blocks`] is `Some`) must be computed block by block:
+/// for each block, [`Pinned::wait_block`], compute its rows, [`Pinned::release_block`].
+/// Dropping it ends the stream (what was not used is not read, or is dropped).
 pub struct Pinned<'p, 'w> {
     pager: Option<(&'p Pager<'w>, usize)>,
+    streamed: bool,
     weights: ExpertWeights<'w>,
 }
 
@@ -1070,7 +1402,33 @@ impl<'w> Pinned<'_, 'w> {
     pub(crate) fn unpaged(weights: ExpertWeights<'w>) -> Self {
         Pinned {
             pager: None,
+            streamed: false,
             weights,
+        }
+    }
+
+    /// For a streamed expert, the blocks to compute it in, in order; `None` when its weights
+    /// are resident whole.
+    pub fn blocks(&self) -> Option<&[Block]> {
+        match self.pager {
+            Some((p, _)) if self.streamed => Some(&p.shared.blocks),
+            _ => None,
+        }
+    }
+
+    /// Waits until block `b`'s rows are in memory (a streamed expert).
+    pub fn wait_block(&self, b: usize) -> Result<(), PagerError> {
+        match self.pager {
+            Some((p, idx)) if self.streamed => p.wait_block(idx, b),
+            _ => Ok(()),
+        }
+    }
+
+    /// Block `b`'s rows are computed: drop them from memory (a streamed expert).
+    pub fn release_block(&self, b: usize) -> Result<(), PagerError> {
+        match self.pager {
+            Some((p, idx)) if self.streamed => p.release_block(idx, b),
+            _ => Ok(()),
         }
     }
 }
@@ -1084,8 +1442,14 @@ impl<'w> std::ops::Deref for Pinned<'_, 'w> {
 
 impl Drop for Pinned<'_, '_> {
     fn drop(&mut self) {
-        if let Some((pager, idx)) = self.pager {
-            pager.release(idx);
+        match self.pager {
+            // A failed drop leaves pages cached that the next eviction or stream of a
+            // neighbour drops; compute has its results already.
+            Some((pager, idx)) if self.streamed => {
+                let _ = pager.finish_stream(idx);
+            }
+            Some((pager, idx)) => pager.release(idx),
+            None => {}
         }
     }
 }

@@ -5,7 +5,8 @@
 //! reads through the memory map are page-cache hits (minor faults, no disk wait). It reads
 //! with several threads at once (see [`READERS`]): one read at a time leaves most of a virtual
 //! disk's bandwidth unused. An expert is cut into pieces ([`Files::plan`]) that the threads
-//! take one by one.
+//! take one by one; a streamed expert into row blocks ([`stream_blocks`], [`Files::plan_stream`])
+//! that are computed and dropped in order as they arrive.
 //!
 //! **Extension point.** [`ExpertSource`] is deliberately a plain enum, not a trait: a second way
 //! of obtaining the bytes — e.g. pieces received from the swarm for an expert that is not yet
@@ -124,6 +125,43 @@ impl Files {
         }
     }
 
+    /// The reads that bring in a streamed expert block by block (see [`stream_blocks`]):
+    /// each block's rows of w1 and w3, or of w2, one piece per tensor, in block order.
+    pub fn plan_stream(
+        &self,
+        source: &ExpertSource,
+        blocks: &[Block],
+        row_bytes: [u64; 3],
+    ) -> Result<Vec<Piece>, String> {
+        match source {
+            ExpertSource::LocalFiles { ranges } => {
+                if ranges.len() != 3 {
+                    return Err(format!("{} tensor ranges, expected 3", ranges.len()));
+                }
+                let mut pieces = Vec::new();
+                for b in blocks {
+                    for &k in b.phase.tensors() {
+                        let r = &ranges[k];
+                        if r.file >= self.files.len() {
+                            return Err(format!("file index {} out of range", r.file));
+                        }
+                        let (start, end) = (b.rows.start as u64, b.rows.end as u64);
+                        if end * row_bytes[k] > r.len {
+                            return Err(format!(
+                                "tensor {k} holds {} bytes, rows up to {end} need {}",
+                                r.len,
+                                end * row_bytes[k]
+                            ));
+                        }
+                        let len = (end - start) * row_bytes[k];
+                        pieces.push((r.file, r.offset + start * row_bytes[k], len as usize));
+                    }
+                }
+                Ok(pieces)
+            }
+        }
+    }
+
     /// Reads one piece into `buf` (at least the piece's length), which leaves its bytes in
     /// the page cache.
     pub fn read(&self, piece: Piece, buf: &mut [u8]) -> Result<(), String> {
@@ -131,6 +169,59 @@ impl Files {
         let (path, f) = &self.files[file];
         read_exact_at(f, path, &mut buf[..len], offset)
     }
+}
+
+/// The two halves of a SwiGLU expert, in the order a streamed expert is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// `h = silu(w1·x) ⊙ (w3·x)`: needs the same rows of w1 and w3.
+    GateUp,
+    /// `out += scale · w2·h`: needs rows of w2 and the whole of `h`.
+    Down,
+}
+
+impl Phase {
+    /// The expert tensors (0 = w1, 1 = w3, 2 = w2) a block of this phase reads, in order.
+    pub fn tensors(self) -> &'static [usize] {
+        match self {
+            Phase::GateUp => &[0, 1],
+            Phase::Down => &[2],
+        }
+    }
+}
+
+/// One step of a streamed expert: rows `rows` of its phase's tensors, which are the pieces
+/// `pieces` of its stream plan ([`Files::plan_stream`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    pub phase: Phase,
+    pub rows: std::ops::Range<usize>,
+    pub pieces: std::ops::Range<usize>,
+}
+
+/// Cuts an expert of `inter × hidden` into blocks whose pieces are at most `piece` bytes
+/// (at least one row): all gate/up blocks, then all down blocks. Each piece is dropped from
+/// memory as soon as its block is computed, so a streamed expert holds only the pieces being
+/// read or computed, never a whole slot.
+pub(crate) fn stream_blocks(inter: usize, hidden: usize, piece: usize) -> Vec<Block> {
+    let mut blocks = Vec::new();
+    let mut next_piece = 0;
+    for (phase, rows, cols) in [(Phase::GateUp, inter, hidden), (Phase::Down, hidden, inter)] {
+        let per = (piece / (2 * cols).max(1)).max(1);
+        let mut r = 0;
+        while r < rows {
+            let end = (r + per).min(rows);
+            let n = phase.tensors().len();
+            blocks.push(Block {
+                phase,
+                rows: r..end,
+                pieces: next_piece..next_piece + n,
+            });
+            next_piece += n;
+            r = end;
+        }
+    }
+    blocks
 }
 
 /// `pread` until `buf` is full, naming the file and offset on error or early end of file.
@@ -160,7 +251,7 @@ fn read_exact_at(
 
 #[cfg(test)]
 mod tests {
-    use super::chunk_for_budget;
+    use super::*;
 
     #[test]
     fn read_buffers_stay_a_small_share_of_the_budget() {
@@ -172,5 +263,37 @@ mod tests {
             let buffers = 4 * chunk_for_budget(budget) as u64;
             assert!(buffers <= (budget / 32).max(1 << 20), "{budget}: {buffers}");
         }
+    }
+
+    #[test]
+    fn stream_blocks_cover_every_row_once_in_pieces_of_at_most_the_size() {
+        // Mixtral's expert (14336 × 4096) in the pieces of a 672 MiB budget (2.6 MiB): 336
+        // rows of w1 and w3 (8 KiB each), 96 rows of w2 (28 KiB each).
+        let blocks = stream_blocks(14336, 4096, 672 << 12);
+        let (gate, down): (Vec<_>, Vec<_>) = blocks.iter().partition(|b| b.phase == Phase::GateUp);
+        for (list, rows, cols) in [(&gate, 14336, 4096), (&down, 4096, 14336)] {
+            assert_eq!(list[0].rows.start, 0);
+            assert_eq!(list.last().unwrap().rows.end, rows);
+            for w in list.windows(2) {
+                assert_eq!(w[0].rows.end, w[1].rows.start);
+            }
+            assert!(list.iter().all(|b| b.rows.len() * cols * 2 <= 672 << 12));
+        }
+        assert_eq!(gate[0].rows.len(), 336);
+        assert_eq!(down[0].rows.len(), 96);
+        // Pieces are numbered in block order: two per gate/up block, one per down block.
+        assert_eq!(blocks[0].pieces, 0..2);
+        assert_eq!(
+            blocks[gate.len()].pieces,
+            2 * gate.len()..2 * gate.len() + 1
+        );
+        // A row larger than the piece still makes one block per row.
+        let tiny = stream_blocks(4, 1024, 16);
+        let gate_rows: Vec<usize> = tiny
+            .iter()
+            .filter(|b| b.phase == Phase::GateUp)
+            .map(|b| b.rows.len())
+            .collect();
+        assert_eq!(gate_rows, vec![1; 4]);
     }
 }

@@ -14,6 +14,9 @@ pub struct LayerStats {
     pub hits: u64,
     /// Demand requests that had to start a load.
     pub misses: u64,
+    /// Of those misses, the experts computed piece by piece as their bytes arrived, without a
+    /// slot (the policy kept its stable experts).
+    pub streamed: u64,
     /// Hits that were resident only because the lookahead prefetched them.
     pub prefetch_hits: u64,
     /// Prefetched experts evicted before any demand used them.
@@ -28,12 +31,16 @@ pub struct LayerStats {
     pub bytes_read: u64,
     /// Time the compute thread waited for this layer's experts.
     pub stall: Duration,
+    /// Demand requests per expert of the layer: the routing frequency distribution the
+    /// stable set is chosen from.
+    pub picks: Vec<u64>,
 }
 
 impl LayerStats {
     fn add(&mut self, o: &LayerStats) {
         self.hits += o.hits;
         self.misses += o.misses;
+        self.streamed += o.streamed;
         self.prefetch_hits += o.prefetch_hits;
         self.prefetch_wasted += o.prefetch_wasted;
         self.prefetch_issued += o.prefetch_issued;
@@ -41,6 +48,12 @@ impl LayerStats {
         self.predicted_correct += o.predicted_correct;
         self.bytes_read += o.bytes_read;
         self.stall += o.stall;
+        if self.picks.len() < o.picks.len() {
+            self.picks.resize(o.picks.len(), 0);
+        }
+        for (a, b) in self.picks.iter_mut().zip(&o.picks) {
+            *a += b;
+        }
     }
 
     /// hits / (hits + misses), 0 when there were no requests.
@@ -106,10 +119,11 @@ impl PagerStats {
         );
         let _ = writeln!(
             s,
-            "{:>6} {:>8} {:>8} {:>7} {:>9} {:>8} {:>8} {:>9} {:>12} {:>9}",
+            "{:>6} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8} {:>8} {:>9} {:>12} {:>9}",
             "layer",
             "hits",
             "misses",
+            "streamed",
             "hit%",
             "pf_issued",
             "pf_hits",
@@ -126,10 +140,11 @@ impl PagerStats {
             };
             let _ = writeln!(
                 s,
-                "{:>6} {:>8} {:>8} {:>7.1} {:>9} {:>8} {:>8} {:>9} {:>12} {:>9.1}",
+                "{:>6} {:>8} {:>8} {:>8} {:>7.1} {:>9} {:>8} {:>8} {:>9} {:>12} {:>9.1}",
                 name,
                 l.hits,
                 l.misses,
+                l.streamed,
                 100.0 * l.hit_rate(),
                 l.prefetch_issued,
                 l.prefetch_hits,
@@ -143,6 +158,20 @@ impl PagerStats {
             row(&mut s, &i.to_string(), l);
         }
         row(&mut s, "all", &self.totals());
+        // Share of each layer's requests per expert, most picked first (with its index).
+        for (i, l) in self.layers.iter().enumerate() {
+            let total: u64 = l.picks.iter().sum();
+            if total == 0 {
+                continue;
+            }
+            let mut order: Vec<usize> = (0..l.picks.len()).collect();
+            order.sort_by_key(|&e| std::cmp::Reverse(l.picks[e]));
+            let shares: Vec<String> = order
+                .iter()
+                .map(|&e| format!("{e}:{:.1}", 100.0 * l.picks[e] as f64 / total as f64))
+                .collect();
+            let _ = writeln!(s, "layer {i} picks% (expert:share) {}", shares.join(" "));
+        }
         s
     }
 }
