@@ -303,12 +303,14 @@ impl<'w> Model<'w> {
         })
     }
 
-    /// Before the first forward, fills the page tables of every dense matrix a token reads
-    /// (see [`crate::populate`]); an attached pager manages residency itself, so not then.
+    /// Before the first forward, asks for huge-page mappings of the weight files (see
+    /// `Checkpoint::advise_huge_pages`) and fills the page tables of every dense matrix a token
+    /// reads (see [`crate::populate`]); an attached pager manages residency itself, so not then.
     fn populate_dense_once(&self) {
         if self.experts.pager().is_some() || !self.first_use.take(0) {
             return;
         }
+        self.checkpoint.advise_huge_pages();
         for l in &self.layers {
             let a = &l.self_attn;
             for m in [

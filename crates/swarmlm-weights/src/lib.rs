@@ -61,7 +61,7 @@ use std::path::{Path, PathBuf};
 pub use config::{JsonSource, MixtralConfig};
 pub use error::{TensorProblem, WeightsError};
 pub use names::{hf_tensor_names, hf_to_mistral_name, mistral_to_hf_name};
-pub use resident::page_size;
+pub use resident::{page_size, HUGE_PAGES_ENV};
 
 use mapped::MappedFile;
 

@@ -228,3 +228,45 @@ fn drop_span(span: &Span, hf_name: &str, head: bool, tail: bool) -> Result<(), W
     }
     Ok(())
 }
+
+/// Set to `0` to map weights with 4 KiB pages only (`MADV_NOHUGEPAGE`): an escape hatch, and the
+/// "before" side of the benchmark that measures what huge pages buy.
+pub const HUGE_PAGES_ENV: &str = "SWARMLM_HUGE_PAGES";
+
+impl Checkpoint {
+    /// Asks the kernel to map every weight file with 2 MiB pages where it can (`MADV_HUGEPAGE`
+    /// on each whole map, or `MADV_NOHUGEPAGE` when [`HUGE_PAGES_ENV`] is `0`); returns whether
+    /// the kernel accepted the advice for every file.
+    ///
+    /// Current kernels (ext4 since Linux 6.x) cache files in large folios and map a 2 MiB folio
+    /// with one page-middle-directory entry instead of 512 page-table entries when the virtual
+    /// address allows (the kernel aligns large file maps to 2 MiB). With the advice, a fault
+    /// that has to read from disk allocates 2 MiB folios, so a checkpoint that swarmlm loaded
+    /// from disk stays in huge-page-mappable folios; pages cached in small folios by other
+    /// readers stay small (a file-backed collapse needs a kernel option this machine lacks).
+    /// Measured on the 6.33 GB model (BENCHMARKS.md, issue 9): with 4 KiB mappings every 4 KiB
+    /// of every weight stream costs a TLB miss whose page walk misses the caches (1.8 GB of
+    /// weights per token, 3.6 MB of page tables), and filling the page tables costs ~90 ms
+    /// per GB; huge mappings remove both. Advice only: a kernel without transparent huge pages
+    /// refuses it and nothing changes.
+    pub fn advise_huge_pages(&self) -> bool {
+        let flag = if std::env::var(HUGE_PAGES_ENV).is_ok_and(|v| v.trim() == "0") {
+            libc::MADV_NOHUGEPAGE
+        } else {
+            libc::MADV_HUGEPAGE
+        };
+        let mut all = true;
+        for f in &self.files {
+            let b = f.bytes();
+            if b.is_empty() {
+                continue;
+            }
+            // SAFETY: the range is exactly one live read-only map (page-aligned start; the
+            // kernel rounds the length up to whole pages of the same map). The advice changes
+            // only how the pages are mapped, never memory contents.
+            let rc = unsafe { libc::madvise(b.as_ptr() as *mut libc::c_void, b.len(), flag) };
+            all &= rc == 0;
+        }
+        all
+    }
+}

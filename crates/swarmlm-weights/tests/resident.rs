@@ -116,3 +116,26 @@ fn dontneed_never_touches_neighbour_pages() {
         Err(swarmlm_weights::WeightsError::UnknownTensor { .. })
     ));
 }
+
+#[test]
+fn huge_page_advice_is_accepted_and_leaves_bytes_alone() {
+    let cfg = MixtralConfig::from_hf_json(TINY_CONFIG.as_bytes()).unwrap();
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    fs::write(dir.path().join("config.json"), TINY_CONFIG).unwrap();
+    let path = dir.path().join("model.safetensors");
+    let tensors = model_tensors(&cfg);
+    write_safetensors(&path, &tensors);
+    let ck = Checkpoint::open(dir.path()).unwrap();
+    let before: Vec<Vec<u8>> = ck
+        .tensor_names()
+        .iter()
+        .map(|n| ck.tensor(n).unwrap().bytes.to_vec())
+        .collect();
+    // A kernel built with transparent huge pages (it then has this sysfs directory) accepts
+    // the advice on a file map; one without refuses it, which is reported, not an error.
+    let thp = std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists();
+    assert_eq!(ck.advise_huge_pages(), thp);
+    for (n, b) in ck.tensor_names().iter().zip(&before) {
+        assert_eq!(&ck.tensor(n).unwrap().bytes.to_vec(), b, "{n} changed");
+    }
+}
