@@ -447,3 +447,47 @@ fn layer_lru_keeps_hits_when_one_token_needs_more_than_the_budget() {
     assert!(rate[1] > 0.09, "layer-lru hit rate {}", rate[1]);
     assert!(rate[2] > 0.09, "layer-freq hit rate {}", rate[2]);
 }
+
+/// Trained routers are skewed (shakespeare-moe's reference/routing_stats.json: each layer's
+/// most picked expert takes 34–46% of the picks, uniform would be 12.5%). With one stable
+/// expert per layer (4 slots, 4 layers, top-2: the rest streamed), keeping the most often
+/// routed expert (LayerFreq) hits far more often than keeping the most recent one (LayerLru).
+#[test]
+fn shakespeare_frequency_beats_recency_with_one_stable_expert_per_layer() {
+    let dir = shakespeare_dir();
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let held = ids(&read_json(&dir.join("reference/heldout_ids.json")));
+    let mut model = Model::load(&ckpt, 1).unwrap();
+    model.attach_pager(PagerConfig::new(1 << 40)).unwrap();
+    let eb = model.pager().unwrap().expert_bytes();
+    let mut rate = Vec::new();
+    for policy in [Policy::LayerLru, Policy::LayerFreq] {
+        let cfg = PagerConfig {
+            budget_bytes: 4 * eb,
+            policy,
+            prefetch: Prefetch::Off,
+            drop_page_cache: false,
+        };
+        model.attach_pager(cfg).unwrap();
+        let mut s = Session::new(&model, 513);
+        s.decode_step(1).unwrap();
+        for &id in &held[..512] {
+            s.decode_step(id).unwrap();
+        }
+        let st = model.pager().unwrap().stats();
+        eprintln!("{policy:?}\n{}", st.table());
+        assert!(st.resident_expert_bytes_peak <= 4 * eb);
+        rate.push(st.totals().hit_rate());
+    }
+    eprintln!(
+        "hit rate: layer-lru {:.3}, layer-freq {:.3}",
+        rate[0], rate[1]
+    );
+    assert!(rate[1] > 0.3, "layer-freq hit rate {}", rate[1]);
+    assert!(
+        rate[1] > rate[0] + 0.05,
+        "layer-freq {} vs layer-lru {}",
+        rate[1],
+        rate[0]
+    );
+}

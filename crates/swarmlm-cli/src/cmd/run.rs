@@ -87,7 +87,7 @@ pub struct PagerArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_budget)]
     pub memory_budget: Option<u64>,
     /// Which expert leaves when the budget is full (with --memory-budget).
-    #[arg(long, value_enum, default_value_t = PolicyArg::LayerLru)]
+    #[arg(long, value_enum, default_value_t = PolicyArg::LayerFreq)]
     pub pager_policy: PolicyArg,
     /// Load the next layer's predicted experts while the current one runs (with --memory-budget).
     #[arg(long, value_enum, default_value_t = PrefetchArg::Lookahead)]
