@@ -7,7 +7,7 @@
 #   ROUNDS=3 POLICIES=layer-lru:lookahead ...       # 3 rounds, swarmlm and llama.cpp interleaved
 #   MODEL=/path/to/forged KEEP=1 ...               # reuse a forged folder (never deleted)
 #   GGUF=/path/model.gguf ...                      # also run llama.cpp (llama-cpp-python) as peer
-#   SEQUENTIAL=1 RESULTS=/var/tmp/case2 LAYERS=8 LIMIT=4G BUDGET=2816MiB STAGE=... benchmarks/pager.sh
+#   SEQUENTIAL=1 RESULTS=/var/tmp/case2 LAYERS=8 SEED=1 LIMIT=4G BUDGET=3024MiB STAGE=... benchmarks/pager.sh
 #                                                  # tight disk: one model file set at a time
 #
 # Forges `mixtral-8x7b --layers $LAYERS` (2 layers: 6.33 GB, the real 8x7B layer shape) into a
