@@ -5,6 +5,12 @@
 //! order as soon as the pieces under them are complete. Bytes are read right after they were
 //! written (from the page cache), so a file's final hash is ready the moment its last piece
 //! lands, while other files still download, and there is no second full pass at the end.
+//!
+//! Once a file is hashed, its pages are written back and dropped from the page cache
+//! ([`release_page_cache`]). librqbit writes 16 KiB blocks, so the page cache holds a fetched
+//! file in 4–8 KiB folios, which the kernel maps with 4 KiB pages however the engine advises its
+//! maps; dropped, the file is read back by its first `swarmlm run` in 2 MiB folios, which decode
+//! maps with 2 MiB pages (BENCHMARKS.md, issue 9: "fetched files and the page cache").
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -195,7 +201,15 @@ impl FileHasher {
                 Ok(true) => {
                     let st = &mut self.files[i];
                     st.done = true;
-                    st.file = None;
+                    // A write-back error means the disk does not hold what was hashed.
+                    if let Err(error) = st.file.take().as_ref().map_or(Ok(()), release_page_cache) {
+                        out.push(HashResult::Failed {
+                            index: st.job.index,
+                            path: st.job.partial_path.clone(),
+                            error,
+                        });
+                        continue;
+                    }
                     let sha: [u8; 32] = std::mem::take(&mut st.hasher).finalize().into();
                     out.push(HashResult::Done {
                         index: st.job.index,
@@ -254,6 +268,19 @@ impl FileHasher {
             st.cursor = pos;
         }
     }
+}
+
+/// Writes a completely hashed file back to disk (`fdatasync`; the kernel drops only clean
+/// pages) and asks the kernel to evict it from the page cache (`POSIX_FADV_DONTNEED`, best
+/// effort: pages another process maps, such as a seeding librqbit's reads in flight, stay).
+/// The hash was taken before, so what is dropped was already verified; the next reader gets
+/// the same bytes back from disk, in folios sized by its own access (2 MiB for the engine).
+fn release_page_cache(file: &File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    file.sync_data()?;
+    // SAFETY: plain syscall on a descriptor `file` keeps open; no memory is passed.
+    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    Ok(())
 }
 
 /// Runs a [`FileHasher`] on its own thread: pieces in, finished files out. Ends when every
@@ -339,5 +366,79 @@ mod tests {
             let want: [u8; 32] = Sha256::digest(c).into();
             assert_eq!(done[&i], want, "file {i}");
         }
+    }
+
+    /// Pages of `path` in the page cache, out of its pages.
+    fn cached_pages(path: &std::path::Path) -> (usize, usize) {
+        use std::os::fd::AsRawFd;
+        let f = File::open(path).unwrap();
+        let len = f.metadata().unwrap().len() as usize;
+        // SAFETY: a fresh read-only shared map of `len` > 0 bytes of an open file; only its
+        // address is used (mincore), never its contents, and it is unmapped below.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        let pages = len.div_ceil(4096);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: `map` is a live map of `len` bytes and `vec` has a byte per 4 KiB page (the
+        // page size on x86-64).
+        let rc = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
+        // SAFETY: unmaps exactly the map created above, which nothing references any more.
+        unsafe { libc::munmap(map, len) };
+        assert_eq!(rc, 0);
+        (vec.iter().filter(|&&b| b & 1 != 0).count(), pages)
+    }
+
+    #[test]
+    fn a_hashed_file_is_written_back_and_left_out_of_the_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("weights");
+        // Written in 16 KiB pieces, as librqbit does: dirty pages in small folios.
+        let data: Vec<u8> = (0..8u32 << 20)
+            .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+            .collect();
+        {
+            use std::os::unix::fs::FileExt;
+            let f = std::fs::File::create(&p).unwrap();
+            for (i, block) in data.chunks(16 << 10).enumerate() {
+                f.write_all_at(block, (i << 14) as u64).unwrap();
+            }
+        }
+        let (before, pages) = cached_pages(&p);
+        assert_eq!(before, pages, "a file just written is cached");
+        let job = HashJob {
+            index: 0,
+            partial_path: p.clone(),
+            offset: 0,
+            len: data.len() as u64,
+        };
+        let mut h = FileHasher::new(1 << 20, data.len() as u64, vec![job]);
+        let mut results = Vec::new();
+        for piece in 0..8 {
+            results.extend(h.piece_completed(piece));
+        }
+        let want: [u8; 32] = Sha256::digest(&data).into();
+        assert!(
+            matches!(results.as_slice(), [HashResult::Done { index: 0, sha256 }] if *sha256 == want),
+            "{results:?}"
+        );
+        let (after, _) = cached_pages(&p);
+        assert_eq!(
+            after, 0,
+            "{after} of {pages} pages still cached after the hash"
+        );
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            data,
+            "the bytes on disk are the hashed ones"
+        );
     }
 }
