@@ -6,10 +6,14 @@
 #   MODELS=small benchmarks/peers.sh          # only the small preset
 #   PEERS=llama PREFILL_LEN=64 benchmarks/peers.sh   # without candle, a shorter prefill prompt
 #   BIG_F32=0 benchmarks/peers.sh             # skip llama.cpp f32 on the 6.33 GB model (12.7 GB GGUF)
+#   SMALL_F32=0 benchmarks/peers.sh           # skip llama.cpp f32 on the small model (1.7 GB GGUF)
 #   BIG_CANDLE=1 benchmarks/peers.sh          # candle f32 on the 6.33 GB model too (~13 GB of RAM)
 #   SWARMLM_BIN=.. PROBE_BIN=.. CANDLE_BIN=.. benchmarks/peers.sh   # use binaries built elsewhere
 #   LLAMA_PASSIVE=1 benchmarks/peers.sh       # also llama.cpp bf16 with OMP_WAIT_POLICY=passive
 #   SWARMLM_BASE_BIN=/path/to/old/swarmlm benchmarks/peers.sh   # also an older swarmlm (before/after)
+#   SEGMENTS=8 SEGMENT_TOKENS=8 benchmarks/peers.sh   # segmented roofline rounds per rep (default 8; 0 = off)
+#   WHOLE=0 MODELS=mixtral-8x7b-2layers benchmarks/peers.sh   # only the segmented measurement
+#   SEGMENT_SLEEP=0.05 benchmarks/peers.sh    # seconds from a segment's end to the next probe
 #
 # What it does:
 # 1. builds target/release/swarmlm and the kernels' bandwidth probe (kernel_bench) if missing,
@@ -23,7 +27,18 @@
 #    llama.cpp f32 and candle in turn, each bracketed by a bandwidth probe; greedy, batch 1,
 #    TOKENS new tokens after a short prompt (decode tokens/s, roofline share), then a 256-token
 #    prompt (prefill tokens/s); medians and ratios against llama.cpp bf16; swarmlm's per-op decode
-#    times (SWARMLM_PROFILE=1); peak RSS; load-to-first-token on the 6.33 GB model, warm cache.
+#    times (SWARMLM_PROFILE=1); peak RSS; load-to-first-token on the 6.33 GB model, warm cache;
+# 4. the segmented roofline (benchmarks/peers/segments.py; the probes around one whole 4 s run
+#    differ by up to ~50% on a VM sharing the host's memory, so its share is a ±20% figure):
+#    per model and rep, swarmlm (examples/decode_serve) and each llama.cpp type
+#    (llama_cpp_bench.py --serve) stay loaded and decode SEGMENTS rounds of SEGMENT_TOKENS tokens
+#    each, in turns, after one unmeasured warm-up segment, with a 0.1 s read probe (one
+#    kernel_bench --only probe-serve process, buffer faulted in once) between every two
+#    segments, 50 ms after the last one (llama.cpp's OpenMP threads spin ~10-20 ms after an
+#    eval; the CPU any idle process used during a probe is recorded). Share per segment =
+#    tokens x weight bytes per token / segment time / mean(probe before, probe after); the
+#    report gives the median and quartiles over all segments, the per-round swarmlm ÷ peer
+#    ratio, on-CPU ÷ wall time, and FilePmdMapped (weights mapped with 2 MiB pages).
 # Raw records: $OUT_DIR/peers-<time>.jsonl; the markdown summary is printed (and saved next to it).
 set -euo pipefail
 
@@ -33,6 +48,9 @@ TOKENS=${TOKENS:-64}
 REPS=${REPS:-3}
 PREFILL_LEN=${PREFILL_LEN:-256}
 PEERS=${PEERS:-"llama candle"}
+SEGMENTS=${SEGMENTS:-8}
+SEGMENT_TOKENS=${SEGMENT_TOKENS:-8}
+WHOLE=${WHOLE:-1}
 LLAMA_PASSIVE=${LLAMA_PASSIVE:-0}
 MODELS=${MODELS:-"small mixtral-8x7b-2layers"}
 BIG_F32=${BIG_F32:-1}
@@ -59,6 +77,10 @@ if [[ ! -x "$PROBE" ]]; then
 fi
 # Same target dir as the workspace (and the same release profile): candle-core, gemm and
 # friends are then reused from the swarmlm build instead of compiled twice.
+DECODE_SERVE=${DECODE_SERVE_BIN:-$TARGET/release/examples/decode_serve}
+if [[ "$SEGMENTS" != 0 && ! -x "$DECODE_SERVE" ]]; then
+    (cd "$ROOT" && cargo build --release -p swarmlm-engine --example decode_serve)
+fi
 CANDLE_TARGET=${CANDLE_TARGET_DIR:-$TARGET}
 CANDLE=${CANDLE_BIN:-$CANDLE_TARGET/release/candle-mixtral-peer}
 if [[ " $PEERS " == *" candle "* && ! -x "$CANDLE" ]]; then
@@ -90,7 +112,7 @@ for m in $MODELS; do
     fi
     RUN_ARGS+=(--model "$m=$dir")
     types="bf16 f32"
-    if [[ "$m" == mixtral-8x7b-2layers && "$BIG_F32" == 0 ]]; then
+    if [[ ("$m" == mixtral-8x7b-2layers && "$BIG_F32" == 0) || ("$m" == small && "${SMALL_F32:-1}" == 0) ]]; then
         types="bf16"
     fi
     for t in $types; do
@@ -108,6 +130,13 @@ for m in $MODELS; do
 done
 if [[ "$LLAMA_PASSIVE" == 1 ]]; then
     RUN_ARGS+=(--llama-passive)
+fi
+if [[ "$SEGMENTS" != 0 ]]; then
+    RUN_ARGS+=(--segments "$SEGMENTS" --segment-tokens "$SEGMENT_TOKENS" --decode-serve "$DECODE_SERVE"
+        --segment-sleep "${SEGMENT_SLEEP:-0.05}")
+fi
+if [[ "$WHOLE" == 0 ]]; then
+    RUN_ARGS+=(--no-whole)
 fi
 if [[ -n "${SWARMLM_BASE_BIN:-}" ]]; then
     RUN_ARGS+=(--swarmlm-base "$SWARMLM_BASE_BIN")

@@ -8,6 +8,13 @@ peak_rss_bytes), plus llama.cpp's own eval counters (llama_perf_context) for com
 
 Prefill = evaluating the prompt as one batch and picking the first token; decode = each further
 token (one eval + greedy pick), so decode tokens = max_tokens - 1, as in swarmlm.
+
+    llama_cpp_bench.py MODEL.gguf --prompt-ids 1,2,3 --max-tokens 200 --threads 2 --serve
+
+--serve is the segment mode of run_peers.py --segments, the counterpart of swarmlm's
+`examples/decode_serve`: load and prefill, print {"ready": true, "first_id": ..}, then per stdin
+line `decode N` decode N more tokens and print {"tokens", "seconds", "cpu_seconds", "ids"};
+`quit` or end of input stops. --max-tokens is then the context's capacity for generated tokens.
 """
 import argparse
 import json
@@ -22,6 +29,7 @@ def main():
     ap.add_argument("--prompt-ids", required=True)
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--serve", action="store_true")
     a = ap.parse_args()
     prompt = [int(x) for x in a.prompt_ids.split(",")]
 
@@ -56,6 +64,8 @@ def main():
     tok = greedy()
     prefill = time.perf_counter() - t1
     generated = [tok]
+    if a.serve:
+        return serve(llm, greedy, tok, prefill, load, a.max_tokens)
     t2 = time.perf_counter()
     for _ in range(a.max_tokens - 1):
         llm.eval([tok])
@@ -79,6 +89,35 @@ def main():
         },
     }
     print(json.dumps(out))
+
+
+def serve(llm, greedy, tok, prefill, load, capacity):
+    """Decode segments on demand (see the module doc); `time.process_time` is the CPU time of
+    every thread of the process, so on-CPU time and wall time of a segment can be compared."""
+    print(json.dumps({"ready": True, "first_id": tok, "load_seconds": load, "prefill_seconds": prefill}),
+          flush=True)
+    left = capacity - 1
+    for line in sys.stdin:
+        words = line.split()
+        if words[:1] == ["quit"]:
+            break
+        if len(words) != 2 or words[0] != "decode" or not words[1].isdigit() or int(words[1]) > left:
+            print(json.dumps({"error": f"expected `decode N` ({left} tokens left) or `quit`, got {line!r}"}),
+                  flush=True)
+            continue
+        n = int(words[1])
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        ids = []
+        for _ in range(n):
+            llm.eval([tok])
+            tok = greedy()
+            ids.append(tok)
+        seconds = time.perf_counter() - t0
+        cpu = time.process_time() - c0
+        left -= n
+        print(json.dumps({"tokens": n, "seconds": seconds, "cpu_seconds": cpu, "ids": ids}), flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ import sys
 import threading
 import time
 
+sys.dont_write_bytecode = True  # no __pycache__ in the checkout for the module below
+import segments  # noqa: E402
+
 
 def loadavg():
     with open("/proc/loadavg") as f:
@@ -146,6 +149,15 @@ def main():
                     help="also run llama.cpp bf16 with OMP_WAIT_POLICY=passive (threads sleep instead "
                          "of spinning at barriers: kinder to an oversubscribed machine)")
     ap.add_argument("--raw", required=True)
+    ap.add_argument("--segments", type=int, default=0,
+                    help="rounds of the segmented roofline measurement per repetition (segments.py; 0 = off)")
+    ap.add_argument("--segment-tokens", type=int, default=8, help="decode tokens per segment")
+    ap.add_argument("--segment-sleep", type=float, default=0.05,
+                    help="seconds between a segment and the next probe (llama.cpp's OpenMP threads spin ~10-20 ms)")
+    ap.add_argument("--probe-passes", type=int, default=5,
+                    help="passes over the probe buffer per segment probe (5 x 512 MiB: the 20 windows of the whole-run probe)")
+    ap.add_argument("--decode-serve", default=None, help="swarmlm's examples/decode_serve binary (for --segments)")
+    ap.add_argument("--no-whole", action="store_true", help="only the segmented measurement (no whole runs, no load timing)")
     a = ap.parse_args()
     THREADS = a.threads
     here = os.path.dirname(os.path.abspath(__file__))
@@ -170,6 +182,11 @@ def main():
     short = j["prompt_ids"]
     rng = random.Random(256)
     summary = {}
+    seg_records = {}
+    probe_server = None
+    if a.segments > 0:
+        probe_env = dict(os.environ, SWARMLM_BENCH_PROBE_MIB=os.environ.get("PROBE_MIB", "512"))
+        probe_server = segments.Proc([a.probe, "--only", "probe-serve", "--threads", str(a.threads)], env=probe_env)
     for name, hf in models.items():
         cfg = json.load(open(os.path.join(hf, "config.json")))
         long_ids = [1] + [rng.randrange(300, cfg["vocab_size"]) for _ in range(a.prefill_len - 1)]
@@ -194,7 +211,7 @@ def main():
         env = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
         prof_env = dict(env, SWARMLM_PROFILE="1")
         rows = {}
-        for rep in range(a.reps):
+        for rep in range(0 if a.no_whole else a.reps):
             for label, typ, extra_env, cmd in peers:
                 wb = 4 if typ == "f32" else 2
                 bpt = bytes_per_token(cfg, wb)
@@ -233,7 +250,7 @@ def main():
                     "peak_rss_bytes": dj["peak_rss_bytes"], "peak_rss_anon_bytes": peaks["RssAnon"],
                     "peak_rss_file_bytes": peaks["RssFile"], "load_seconds": dj["load_seconds"],
                     "peak_file_pmd_mapped_bytes": peaks["FilePmdMapped"],
-                    "wall_seconds": wall, "generated_ids": dj["generated_ids"][:8],
+                    "wall_seconds": wall, "generated_ids": dj["generated_ids"],
                     "load_avg_before": la0, "load_avg_after": la1,
                 }
                 for k in ("decode_op_seconds", "decode_op_steps", "llama_perf"):
@@ -246,10 +263,24 @@ def main():
                       f"{r['prefill_256_tokens_per_s']:7.1f} tok/s  RSS {r['peak_rss_bytes'] / 2**20:7.0f} MiB "
                       f"(anon {peaks['RssAnon'] / 2**20:6.0f})  load {la0} -> {la1}", file=sys.stderr)
         summary[name] = rows
+        if probe_server:
+            seg_peers = [("swarmlm", 2, lambda ids, cap: [
+                a.decode_serve, hf, "--prompt-ids", ",".join(map(str, ids)), "--threads", str(a.threads),
+                "--capacity", str(len(ids) + cap)], prof_env)]
+            for typ, path in sorted(ggufs.get(name, {}).items()):
+                seg_peers.append((f"llama.cpp {typ}", 4 if typ == "f32" else 2, lambda ids, cap, path=path: [
+                    sys.executable, os.path.join(here, "llama_cpp_bench.py"), path, "--prompt-ids",
+                    ",".join(map(str, ids)), "--max-tokens", str(cap), "--threads", str(a.threads), "--serve"], env))
+            whole_ids = {label: rs[0]["generated_ids"] for label, rs in rows.items()}
+            seg_records[name] = (segments.run_model(
+                name, seg_peers, probe_server, a, lambda wb: bytes_per_token(cfg, wb), short, record,
+                lambda m: print(m, file=sys.stderr)), whole_ids, bytes_per_token(cfg, 2))
+    if probe_server:
+        probe_server.close()
 
     # Load to first token (warm page cache): swarmlm with a 1-token prompt, 1 new token.
     ttft = None
-    if a.ttft_model:
+    if a.ttft_model and not a.no_whole:
         hf = models[a.ttft_model]
         cmd = [a.swarmlm, "run", hf, "--prompt-ids", "1", "--max-tokens", "1", "--temperature", "0",
                "--threads", str(a.threads), "--json"]
@@ -270,6 +301,11 @@ def main():
     # Markdown summary.
     print(f"\nload average at the end: {loadavg()}\n")
     for name, rows in summary.items():
+        if name in seg_records:
+            recs, whole_ids, bpt = seg_records[name]
+            segments.summary(name, recs, whole_ids, a.threads, bpt)
+        if not rows:
+            continue
         base = rows.get("llama.cpp bf16")
         bdec = med([r["decode_tokens_per_s"] for r in base]) if base else None
         bpre = med([r["prefill_256_tokens_per_s"] for r in base]) if base else None

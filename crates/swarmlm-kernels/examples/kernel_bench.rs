@@ -9,6 +9,11 @@
 //!
 //! Run: `cargo run --release -p swarmlm-kernels --example kernel_bench [-- --quick]`
 //! (or `benchmarks/kernels.sh`). `SWARMLM_BENCH_PROBE_MIB` overrides the probe size.
+//!
+//! `--only probe-serve [--threads N]` keeps the probe's buffer (already faulted in) and pool
+//! alive and runs the probe once per line read from stdin (the line may give the number of
+//! passes, default 5: the 20 windows of `--only probe --quick`), printing one JSON line per
+//! probe; `benchmarks/peers/run_peers.py --segments` alternates it with short decode segments.
 
 use std::time::{Duration, Instant};
 use swarmlm_kernels::*;
@@ -25,6 +30,15 @@ fn main() {
         .iter()
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1).cloned());
+    if only.as_deref() == Some("probe-serve") {
+        let threads = args
+            .iter()
+            .position(|a| a == "--threads")
+            .and_then(|i| args.get(i + 1)?.parse().ok())
+            .unwrap_or_else(Pool::physical_cores);
+        probe_serve(threads);
+        return;
+    }
     let want = |sec: &str| only.as_deref().is_none_or(|o| o == sec);
     let reps = if quick { 4 } else { 10 };
     let phys = Pool::physical_cores();
@@ -59,26 +73,11 @@ fn main() {
         println!("\n## 1. read-bandwidth probe ({probe_mib} MiB, sum of u64, best of {reps})");
         probe_best = 0.0;
     }
-    // A full pass over 1 GiB rarely runs undisturbed on a shared machine, while a 117 MB matvec
-    // often does; so each pass is also timed in 128 MiB windows (still 4x L3) and the best
-    // window is the roofline the kernels are compared with.
-    const WINDOW: usize = 128 * 1024 * 1024 / 8;
     for pool in pools.iter().filter(|_| want("probe")) {
         let mut best_window = f64::INFINITY;
         let (best, med) = measure(reps, || {
-            for win in buf.chunks(WINDOW) {
-                let t = Instant::now();
-                let sums: Vec<std::sync::atomic::AtomicU64> = (0..pool.threads())
-                    .map(|_| std::sync::atomic::AtomicU64::new(0))
-                    .collect();
-                pool.run(|i, n| {
-                    let r = split_range(win.len(), n, i, 8);
-                    sums[i].store(sum_u64(&win[r]), std::sync::atomic::Ordering::Relaxed);
-                });
-                std::hint::black_box(&sums);
-                if win.len() == WINDOW {
-                    best_window = best_window.min(t.elapsed().as_secs_f64());
-                }
+            for t in probe_pass(pool, &buf) {
+                best_window = best_window.min(t);
             }
         });
         let gbs = (words * 8) as f64 / best.as_secs_f64() / 1e9;
@@ -522,6 +521,88 @@ const MIXTRAL_BYTES_PER_TOKEN: f64 = (32.0
     + 32000.0 * 4096.0)
     * 2.0
     / 1e9;
+
+/// The probe's window: a full pass over 1 GiB rarely runs undisturbed on a shared machine, while
+/// a 117 MB matvec often does; so each pass is also timed in 128 MiB windows (still 4x L3) and
+/// the best window is the roofline the kernels are compared with.
+const WINDOW: usize = 128 * 1024 * 1024 / 8;
+
+/// One pass of the read probe over `buf`, window by window, each window's u64 sum split over
+/// the pool; returns the seconds of every full window.
+fn probe_pass(pool: &Pool, buf: &[u64]) -> Vec<f64> {
+    let mut times = Vec::with_capacity(buf.len() / WINDOW);
+    for win in buf.chunks(WINDOW) {
+        let t = Instant::now();
+        let sums: Vec<std::sync::atomic::AtomicU64> = (0..pool.threads())
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect();
+        pool.run(|i, n| {
+            let r = split_range(win.len(), n, i, 8);
+            sums[i].store(sum_u64(&win[r]), std::sync::atomic::Ordering::Relaxed);
+        });
+        std::hint::black_box(&sums);
+        if win.len() == WINDOW {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times
+}
+
+/// `--only probe-serve`: the read probe on demand, from a process whose buffer is faulted in
+/// and whose pool is started, so a probe costs only its passes (~0.1 s) and can sit between
+/// decode segments of a second or less. Per stdin line (optionally a pass count; `quit` or end
+/// of input stops), one JSON line: best and median 128 MiB window, median full pass (GB/s),
+/// the windows timed and the probe's wall time. The pool's workers park ~0.3 ms after a probe,
+/// so the process costs no CPU between probes.
+fn probe_serve(threads: usize) {
+    use std::io::{BufRead, Write};
+    let mib: usize = std::env::var("SWARMLM_BENCH_PROBE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let pool = Pool::new(threads);
+    let words = mib.max(128) * 1024 * 1024 / 8;
+    let buf: Vec<u64> = (0..words as u64)
+        .map(|i| i.wrapping_mul(0x9E37_79B9))
+        .collect();
+    probe_pass(&pool, &buf);
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{{\"ready\": true, \"threads\": {}, \"mib\": {mib}}}",
+        pool.threads()
+    );
+    let _ = out.flush();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let line = line.trim();
+        if line == "quit" {
+            break;
+        }
+        let passes: usize = line.parse().unwrap_or(5).max(1);
+        let t0 = Instant::now();
+        let mut windows = Vec::new();
+        let mut pass_secs = Vec::with_capacity(passes);
+        for _ in 0..passes {
+            let t = Instant::now();
+            windows.extend(probe_pass(&pool, &buf));
+            pass_secs.push(t.elapsed().as_secs_f64());
+        }
+        let seconds = t0.elapsed().as_secs_f64();
+        windows.sort_by(f64::total_cmp);
+        pass_secs.sort_by(f64::total_cmp);
+        let gbs = |bytes: usize, s: f64| bytes as f64 / s / 1e9;
+        let _ = writeln!(
+            out,
+            "{{\"best_window_gbs\": {:.3}, \"median_window_gbs\": {:.3}, \"median_pass_gbs\": {:.3}, \"windows\": {}, \"seconds\": {seconds:.4}}}",
+            gbs(WINDOW * 8, windows[0]),
+            gbs(WINDOW * 8, windows[windows.len() / 2]),
+            gbs(words * 8, pass_secs[pass_secs.len() / 2]),
+            windows.len(),
+        );
+        let _ = out.flush();
+    }
+}
 
 /// Best and median wall time of `reps` runs after one warm-up.
 fn measure(reps: usize, mut f: impl FnMut()) -> (Duration, Duration) {
