@@ -109,19 +109,31 @@ def run_polled(cmd, env=None):
     return json.loads(line), peaks, wall, err, cpu
 
 
-def bytes_per_token(cfg, wbytes):
-    """Weight bytes one decode token reads (attention, router, top-k experts, lm_head, one
-    embedding row); the KV cache adds < 0.1% at these lengths and is left out."""
+def op_bytes(cfg, wbytes):
+    """Weight bytes one decode token reads per op of swarmlm's profile (SWARMLM_PROFILE=1); the
+    embedding row (h) is counted under `other`; the KV cache adds < 0.1% at these lengths and
+    is left out."""
     h = cfg["hidden_size"]
     i = cfg["intermediate_size"]
     nh = cfg["num_attention_heads"]
     nkv = cfg["num_key_value_heads"]
     d = cfg.get("head_dim") or h // nh
     q, kv = nh * d, nkv * d
-    per_layer = h * q * 2 + h * kv * 2 + cfg["num_local_experts"] * h
-    per_layer += cfg["num_experts_per_tok"] * 3 * h * i
-    params = cfg["num_hidden_layers"] * per_layer + cfg["vocab_size"] * h + h
-    return params * wbytes
+    n = cfg["num_hidden_layers"]
+    params = {
+        "attention": n * (h * q * 2 + h * kv * 2),
+        "router": n * cfg["num_local_experts"] * h,
+        "experts": n * cfg["num_experts_per_tok"] * 3 * h * i,
+        "lm_head": cfg["vocab_size"] * h,
+        "other": h,
+    }
+    return {k: v * wbytes for k, v in params.items()}
+
+
+def bytes_per_token(cfg, wbytes):
+    """Weight bytes one decode token reads (attention, router, top-k experts, lm_head, one
+    embedding row)."""
+    return sum(op_bytes(cfg, wbytes).values())
 
 
 def med(xs):
@@ -274,7 +286,7 @@ def main():
             whole_ids = {label: rs[0]["generated_ids"] for label, rs in rows.items()}
             seg_records[name] = (segments.run_model(
                 name, seg_peers, probe_server, a, lambda wb: bytes_per_token(cfg, wb), short, record,
-                lambda m: print(m, file=sys.stderr)), whole_ids, bytes_per_token(cfg, 2))
+                lambda m: print(m, file=sys.stderr)), whole_ids, op_bytes(cfg, 2))
     if probe_server:
         probe_server.close()
 
@@ -302,8 +314,8 @@ def main():
     print(f"\nload average at the end: {loadavg()}\n")
     for name, rows in summary.items():
         if name in seg_records:
-            recs, whole_ids, bpt = seg_records[name]
-            segments.summary(name, recs, whole_ids, a.threads, bpt)
+            recs, whole_ids, ob = seg_records[name]
+            segments.summary(name, recs, whole_ids, a.threads, ob)
         if not rows:
             continue
         base = rows.get("llama.cpp bf16")

@@ -179,8 +179,10 @@ def run_model(name, peers, probe, a, bpt_of, prompt, record, log):
     return records
 
 
-def summary(name, records, whole_ids, threads, bytes_per_token_bf16, out=sys.stdout):
-    """Markdown: per peer, the median and quartiles of the per-segment shares; per-pair ratios."""
+def summary(name, records, whole_ids, threads, op_bytes, out=sys.stdout):
+    """Markdown: per peer, the median and quartiles of the per-segment shares; per-pair ratios;
+    the first peer's per-op time and streaming rate (op_bytes: bf16 weight bytes per op)."""
+    bytes_per_token_bf16 = sum(op_bytes.values())
     segs = [r for r in records if r.get("segment")]
     procs = [r for r in records if r.get("segment_process")]
     if not segs:
@@ -190,8 +192,9 @@ def summary(name, records, whole_ids, threads, bytes_per_token_bf16, out=sys.std
     p = lambda x: f"{100 * x:.0f}%" if x is not None else "–"
     print(f"#### {name}: segmented roofline ({len(segs) // len(labels)} segments per peer)\n", file=out)
     print("| peer | segments | share of best-window probe: median (quartiles) | share of median-window probe | "
-          "GB/s median | tok/s median | on-CPU / wall | mapped with 2 MiB pages | same tokens as its whole runs |", file=out)
-    print("|---|---|---|---|---|---|---|---|---|", file=out)
+          "share per on-CPU time | GB/s median | tok/s median | on-CPU / wall | mapped with 2 MiB pages | "
+          "same tokens as its whole runs |", file=out)
+    print("|---|---|---|---|---|---|---|---|---|---|", file=out)
     for label in labels:
         rs = [r for r in segs if r["peer"] == label]
         q1, q2, q3 = quartiles([r["share"] for r in rs])
@@ -199,6 +202,9 @@ def summary(name, records, whole_ids, threads, bytes_per_token_bf16, out=sys.std
         gbs = statistics.median(r["gbs"] for r in rs)
         tps = statistics.median(r["tokens"] / r["seconds"] for r in rs)
         util = quartiles([r["cpu_seconds"] / r["seconds"] / threads for r in rs if r.get("cpu_seconds")])[1]
+        # The share if the threads had been on a CPU the whole segment (time taken by other
+        # processes or the hypervisor taken out).
+        _, oncpu, _ = quartiles([r["share"] * r["seconds"] * threads / r["cpu_seconds"] for r in rs if r.get("cpu_seconds")])
         pmd = [pr["file_pmd_mapped_bytes"] for pr in procs if pr["peer"] == label and pr.get("file_pmd_mapped_bytes") is not None]
         pmd_s = f"{min(pmd) / 1e9:.2f}–{max(pmd) / 1e9:.2f} GB" if pmd else "–"
         # Against this peer's own whole runs (same prompt, same greedy rule), and how many
@@ -215,7 +221,7 @@ def summary(name, records, whole_ids, threads, bytes_per_token_bf16, out=sys.std
             agree = min(next((i for i, (x, y) in enumerate(zip(g, ref)) if x != y), min(len(g), len(ref))) for g in got)
             same += f"; = {labels[0]} for the first {agree}"
         util_s = f"{util:.2f}" if util else "–"
-        print(f"| {label} | {len(rs)} | **{p(q2)}** ({p(q1)}–{p(q3)}) | {p(m2)} | {gbs:.1f} | {tps:.2f} | "
+        print(f"| {label} | {len(rs)} | **{p(q2)}** ({p(q1)}–{p(q3)}) | {p(m2)} | {p(oncpu)} | {gbs:.1f} | {tps:.2f} | "
               f"{util_s} | {pmd_s} | {same} |", file=out)
     pq = quartiles(probes)
     print(f"\nprobes (best 128 MiB window): median {pq[1]:.1f} GB/s, quartiles {pq[0]:.1f}–{pq[2]:.1f}, "
@@ -245,7 +251,49 @@ def summary(name, records, whole_ids, threads, bytes_per_token_bf16, out=sys.std
     if ops:
         toks = sum(r["tokens"] for r in ops)
         keys = list(ops[0]["op_seconds"].keys())
-        cells = [f"{k} {1e3 * sum(r['op_seconds'][k] for r in ops) / toks:.2f} ms" for k in keys]
+        cells = []
+        for k in keys:
+            cell = f"{k} {1e3 * sum(r['op_seconds'][k] for r in ops) / toks:.2f} ms"
+            if op_bytes.get(k, 0) > 1e7:
+                # Each op's streaming rate as a share of the probes around its segment.
+                _, sh, _ = quartiles([r["tokens"] * op_bytes[k] / r["op_seconds"][k] / 1e9
+                                      / ((r["probe_before"]["best_window_gbs"] + r["probe_after"]["best_window_gbs"]) / 2)
+                                      for r in ops if r["op_seconds"][k] > 0])
+                cell += f" ({op_bytes[k] / 1e6:.0f} MB, {p(sh)} of the probe)"
+            cells.append(cell)
         wall = sum(r["seconds"] for r in ops) / toks
-        print(f"{first} per-op time per token over the segments: " + ", ".join(cells)
+        print(f"{first} per-op time per token over the segments (median share per segment): " + ", ".join(cells)
               + f"; segment wall {1e3 * wall:.2f} ms per token\n", file=out)
+
+
+def main():
+    """Re-prints the summary from raw records, pooling several runs:
+    segments.py MODEL_DIR RAW.jsonl [RAW.jsonl ...] (MODEL_DIR for config.json)."""
+    import argparse
+
+    from run_peers import op_bytes
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("model_dir")
+    ap.add_argument("raw", nargs="+")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    cfg = json.load(open(os.path.join(a.model_dir, "config.json")))
+    name = os.path.basename(os.path.normpath(a.model_dir))
+    records, whole_ids = [], {}
+    for i, path in enumerate(a.raw):
+        for line in open(path):
+            r = json.loads(line)
+            if r.get("model") != name:
+                continue
+            if r.get("segment") or r.get("segment_process"):
+                r["rep"] += 1000 * i  # rounds pair up within one run only
+                records.append(r)
+            elif "generated_ids" in r:
+                whole_ids.setdefault(r["peer"], r["generated_ids"])
+    summary(f"{name} ({len(a.raw)} runs)", records, whole_ids, a.threads, op_bytes(cfg, 2))
+
+
+if __name__ == "__main__":
+    sys.dont_write_bytecode = True
+    main()
