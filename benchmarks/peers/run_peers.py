@@ -324,8 +324,8 @@ def main():
         print(f"### {name}\n")
         bdc = med([r["decode_tokens_per_cpu_s"] for r in base]) if base else None
         bpc = med([r["prefill_256_tokens_per_cpu_s"] for r in base]) if base else None
-        print("| peer | decode tok/s wall | × llama.cpp bf16 | roofline share | decode tok/s per CPU s | × llama.cpp bf16 | roofline share (CPU) | probed GB/s wall / on-CPU | prefill 256 tok/s wall | × | prefill tok/s per CPU s | × | peak RSS MiB | peak anon MiB |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| peer | decode tok/s wall | × llama.cpp bf16 | roofline share | decode tok/s per CPU s | × llama.cpp bf16 | roofline share (CPU) | probed GB/s wall / on-CPU | prefill 256 tok/s wall | × | prefill tok/s per CPU s | × | peak RSS MiB | peak anon MiB | mapped with 2 MiB pages |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for label, rs in rows.items():
             d = med([r["decode_tokens_per_s"] for r in rs])
             sh = med([r["roofline_share"] for r in rs])
@@ -334,6 +334,7 @@ def main():
             pf = med([r["prefill_256_tokens_per_s"] for r in rs])
             rss = max(r["peak_rss_bytes"] for r in rs) / 2**20
             anon = max(r["peak_rss_anon_bytes"] for r in rs) / 2**20
+            pmd = [r["peak_file_pmd_mapped_bytes"] / 1e9 for r in rs]
             dc = med([r["decode_tokens_per_cpu_s"] for r in rs])
             shc = med([r["roofline_share_cpu"] for r in rs])
             pc = med([r["prefill_256_tokens_per_cpu_s"] for r in rs])
@@ -341,7 +342,8 @@ def main():
             pct = lambda x: f"{100 * x:.0f}%" if x else "–"
             num = lambda x: f"{x:.1f}" if x else "–"
             print(f"| {label} | {d:.2f} | {ratio(d, bdec)} | {pct(sh)} | {dc:.2f} | {ratio(dc, bdc)} | {pct(shc)} "
-                  f"| {bw:.1f} / {bwc:.1f} | {pf:.1f} | {ratio(pf, bpre)} | {num(pc)} | {ratio(pc, bpc)} | {rss:.0f} | {anon:.0f} |")
+                  f"| {bw:.1f} / {bwc:.1f} | {pf:.1f} | {ratio(pf, bpre)} | {num(pc)} | {ratio(pc, bpc)} | {rss:.0f} | {anon:.0f} "
+                  f"| {min(pmd):.2f}–{max(pmd):.2f} GB |")
         for who in ("swarmlm", "swarmlm base"):
           sw = rows.get(who, [])
           ops = [r["decode_op_seconds"] for r in sw if "decode_op_seconds" in r]
