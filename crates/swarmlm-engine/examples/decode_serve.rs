@@ -8,8 +8,10 @@
 //! pool's workers park ~0.3 ms after the last op of a segment, so nothing of this process runs
 //! during a probe.
 //!
-//! Run: `decode_serve MODEL_DIR --prompt-ids 1,2,3 [--threads N] [--capacity TOKENS]`, then
-//! write `decode 8` lines (and `quit`, or close stdin); every reply is one JSON line.
+//! Run: `decode_serve MODEL_DIR --prompt-ids 1,2,3 [--threads N] [--capacity TOKENS] [--margins]`,
+//! then write `decode 8` lines (and `quit`, or close stdin); every reply is one JSON line.
+//! `--margins` adds each token's runner-up id and its logit gap to the pick, to tell a near-tie
+//! (where another engine's rounding may pick the runner-up) from a real difference.
 
 use std::io::{BufRead, Write};
 use std::time::Instant;
@@ -33,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .split(',')
         .map(|s| s.trim().parse())
         .collect::<Result<_, _>>()?;
+    let margins = args.iter().any(|a| a == "--margins");
     let threads: usize = opt("--threads")
         .map(|s| s.parse())
         .transpose()?
@@ -73,9 +76,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let c0 = process_cpu_seconds();
                 let t = Instant::now();
                 let mut ids = Vec::with_capacity(n);
+                let mut gaps = Vec::new();
                 for _ in 0..n {
-                    id = sampler.sample(s.decode_step(id)?, &[]);
+                    let logits = s.decode_step(id)?;
+                    id = sampler.sample(logits, &[]);
                     ids.push(id);
+                    if margins {
+                        let (second, gap) = runner_up(logits, id);
+                        gaps.push(format!("[{second}, {gap:.6}]"));
+                    }
                 }
                 let seconds = t.elapsed().as_secs_f64();
                 let cpu = process_cpu_seconds() - c0;
@@ -92,8 +101,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
                 writeln!(
                     out,
-                    "{{\"tokens\": {n}, \"seconds\": {seconds:.6}, \"cpu_seconds\": {cpu:.6}, \"ids\": [{}], \"op_seconds\": {{{ops}}}}}",
-                    ids.join(", ")
+                    "{{\"tokens\": {n}, \"seconds\": {seconds:.6}, \"cpu_seconds\": {cpu:.6}, \"ids\": [{}], \"op_seconds\": {{{ops}}}, \"margins\": [{}]}}",
+                    ids.join(", "),
+                    gaps.join(", ")
                 )?;
             }
             (Some("quit"), _) => break,
@@ -106,6 +116,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.flush()?;
     }
     Ok(())
+}
+
+/// The best id other than `pick` and how far its logit is below the pick's.
+fn runner_up(logits: &[f32], pick: u32) -> (u32, f32) {
+    let top = logits[pick as usize];
+    let (mut second, mut best) = (0u32, f32::NEG_INFINITY);
+    for (i, &l) in logits.iter().enumerate() {
+        if i as u32 != pick && l > best {
+            (second, best) = (i as u32, l);
+        }
+    }
+    (second, top - best)
 }
 
 /// CPU time of the whole process (all threads), to tell on-CPU time from wall time.
