@@ -11,7 +11,8 @@
 #   SWARMLM_BIN=.. PROBE_BIN=.. CANDLE_BIN=.. benchmarks/peers.sh   # use binaries built elsewhere
 #   LLAMA_PASSIVE=1 benchmarks/peers.sh       # also llama.cpp bf16 with OMP_WAIT_POLICY=passive
 #   SWARMLM_BASE_BIN=/path/to/old/swarmlm benchmarks/peers.sh   # also an older swarmlm (before/after)
-#   SEGMENTS=8 SEGMENT_TOKENS=8 benchmarks/peers.sh   # segmented roofline rounds per rep (default 8; 0 = off)
+#   SEGMENTS=8 SEGMENT_TOKENS=16 benchmarks/peers.sh  # segmented roofline: rounds per rep (default 8; 0 = off),
+#                                             # tokens per segment (default auto: ~0.5 s, 8 on the 6.33 GB model)
 #   WHOLE=0 MODELS=mixtral-8x7b-2layers benchmarks/peers.sh   # only the segmented measurement
 #   SEGMENT_SLEEP=0.05 benchmarks/peers.sh    # seconds from a segment's end to the next probe
 #
@@ -32,7 +33,7 @@
 #    differ by up to ~50% on a VM sharing the host's memory, so its share is a ±20% figure):
 #    per model and rep, swarmlm (examples/decode_serve) and each llama.cpp type
 #    (llama_cpp_bench.py --serve) stay loaded and decode SEGMENTS rounds of SEGMENT_TOKENS tokens
-#    each, in turns, after one unmeasured warm-up segment, with a 0.1 s read probe (one
+#    each (~0.5 s), in turns, after one unmeasured warm-up segment, with a 0.1 s read probe (one
 #    kernel_bench --only probe-serve process, buffer faulted in once) between every two
 #    segments, 50 ms after the last one (llama.cpp's OpenMP threads spin ~10-20 ms after an
 #    eval; the CPU any idle process used during a probe is recorded). Share per segment =
@@ -49,7 +50,7 @@ REPS=${REPS:-3}
 PREFILL_LEN=${PREFILL_LEN:-256}
 PEERS=${PEERS:-"llama candle"}
 SEGMENTS=${SEGMENTS:-8}
-SEGMENT_TOKENS=${SEGMENT_TOKENS:-8}
+SEGMENT_TOKENS=${SEGMENT_TOKENS:-auto}
 WHOLE=${WHOLE:-1}
 LLAMA_PASSIVE=${LLAMA_PASSIVE:-0}
 MODELS=${MODELS:-"small mixtral-8x7b-2layers"}

@@ -115,7 +115,11 @@ def quartiles(xs):
 def run_model(name, peers, probe, a, bpt_of, prompt, record, log):
     """Segment reps for one model. peers: [(label, wbytes, cmd, env)]; probe: a Proc of
     probe-serve. Returns the per-segment records."""
-    seg_n, rounds, sleep = a.segment_tokens, a.segments, a.segment_sleep
+    rounds, sleep = a.segments, a.segment_sleep
+    if a.segment_tokens == "auto":
+        seg_n = max(8, round(15e9 / bpt_of(2) / 8) * 8)
+    else:
+        seg_n = int(a.segment_tokens)
     records = []
     for rep in range(a.reps):
         procs = []
@@ -190,7 +194,7 @@ def summary(name, records, whole_ids, threads, op_bytes, out=sys.stdout):
     labels = list(dict.fromkeys(r["peer"] for r in segs))
     probes = [r["probe_before"]["best_window_gbs"] for r in segs] + [r["probe_after"]["best_window_gbs"] for r in segs]
     p = lambda x: f"{100 * x:.0f}%" if x is not None else "–"
-    print(f"#### {name}: segmented roofline ({len(segs) // len(labels)} segments per peer)\n", file=out)
+    print(f"#### {name}: segmented roofline ({len(segs) // len(labels)} segments per peer, {segs[0]['tokens']} tokens each)\n", file=out)
     print("| peer | segments | share of best-window probe: median (quartiles) | share of median-window probe | "
           "share per on-CPU time | GB/s median | tok/s median | on-CPU / wall | mapped with 2 MiB pages | "
           "same tokens as its whole runs |", file=out)
