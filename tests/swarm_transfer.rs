@@ -156,9 +156,27 @@ fn kill_dash_nine_part_way_then_rerun_completes_without_refetching() {
     let events = json_events(&o);
     let resuming = events
         .iter()
-        .find(|e| e["event"] == "resuming")
-        .expect("the rerun says it is checking the partial area first");
-    assert!(resuming["partial_bytes"].as_u64().unwrap() >= have_at_kill / 2);
+        .position(|e| e["event"] == "resuming")
+        .expect("the rerun says what the killed run left");
+    let first_progress = events.iter().position(|e| e["event"] == "progress");
+    assert!(
+        first_progress.is_none_or(|p| resuming < p),
+        "resuming comes before the check"
+    );
+    let resuming = &events[resuming];
+    // Every verified byte was written before it counted, and sits either in a file already in
+    // place or as data in a partial file (whatever the kernel's write-back is doing).
+    let left =
+        resuming["partial_bytes"].as_u64().unwrap() + resuming["in_place_bytes"].as_u64().unwrap();
+    assert!(
+        (have_at_kill..=total).contains(&left),
+        "{resuming}: {have_at_kill} bytes were verified before the kill"
+    );
+    let skipped = events
+        .iter()
+        .filter(|e| e["event"] == "file_skipped")
+        .count();
+    assert_eq!(resuming["in_place_files"], skipped);
     let done = events.last().unwrap();
     let second = done["downloaded_bytes"].as_u64().unwrap();
     assert!(
@@ -178,6 +196,54 @@ fn kill_dash_nine_part_way_then_rerun_completes_without_refetching() {
     assert!(
         uploaded <= total + total / 4,
         "seeder uploaded {uploaded} bytes for a {total}-byte model"
+    );
+    assert!(seeder.stop());
+}
+
+#[test]
+fn rerun_after_a_kill_between_files_says_which_files_are_in_place() {
+    // The state a kill leaves when it lands right after a file was put in place and before any
+    // byte of the others arrived: that file in place, the partial area there but empty.
+    let tmp = scratch();
+    let home = tmp.path().join("home");
+    let model = make_model(tmp.path(), "tiny-d", small_files(400, 17), 64 * 1024, None);
+    let seeder = start_seeder(&home, &model.dir, &[]);
+    let out = tmp.path().join("out");
+    let first = "model-00002-of-00002.safetensors";
+    let mut cmd = fetch_cmd(&home, &model.manifest_arg(), &out, &[seeder.listen]);
+    cmd.args(["--only", first]);
+    let o = run_with_timeout(cmd, FETCH_TIMEOUT);
+    assert!(o.status.success(), "--only: {}", text(&o));
+    let events = json_events(&o);
+    assert!(
+        !events.iter().any(|e| e["event"] == "resuming"),
+        "a first fetch resumes nothing"
+    );
+    std::fs::create_dir(out.join(".swarmlm/partial")).unwrap();
+
+    let o = run_fetch(&home, &model.manifest_arg(), &out, &[seeder.listen]);
+    assert!(o.status.success(), "rerun: {}", text(&o));
+    assert_identical(&model, &out);
+    let events = json_events(&o);
+    let resuming = events
+        .iter()
+        .find(|e| e["event"] == "resuming")
+        .expect("the rerun says what the interrupted run left");
+    let first_len = model
+        .files
+        .iter()
+        .find(|(p, _)| p == first)
+        .unwrap()
+        .1
+        .len() as u64;
+    assert_eq!(resuming["in_place_files"], 1, "{resuming}");
+    assert_eq!(resuming["in_place_bytes"], first_len, "{resuming}");
+    assert_eq!(resuming["partial_bytes"], 0, "{resuming}");
+    // Not downloaded again, apart from the two pieces it shares with its neighbours.
+    let downloaded = events.last().unwrap()["downloaded_bytes"].as_u64().unwrap();
+    assert!(
+        downloaded <= model.total_len() - first_len + 2 * 64 * 1024,
+        "rerun downloaded {downloaded} bytes"
     );
     assert!(seeder.stop());
 }

@@ -61,13 +61,18 @@ pub enum Event {
         /// Bytes to download this run (selected files not yet in place).
         wanted_bytes: u64,
     },
-    /// The partial area holds bytes from an interrupted run: librqbit reads them back and
-    /// checks every piece before downloading the rest. Sent before that check, which can take
-    /// a minute on a large model and reports nothing while it runs.
+    /// An interrupted run left something this one reuses: data in the partial area, which
+    /// librqbit reads back and checks piece by piece before downloading the rest, and files it
+    /// had already verified and put in place (each also reported as `file_skipped`). Sent before
+    /// that check, which can take a minute on a large model and reports nothing while it runs.
     Resuming {
         partial_dir: String,
-        /// Bytes the partial files occupy on disk (allocated, not their sparse length).
+        /// Bytes of data the partial files of the files still to fetch hold: their written
+        /// ranges, not their sparse length.
         partial_bytes: u64,
+        /// Files the interrupted run had already verified and put in place, and their bytes.
+        in_place_files: usize,
+        in_place_bytes: u64,
     },
     /// Periodic download progress.
     Progress {

@@ -514,6 +514,8 @@ async fn fetch_in_session(
     let handle = if wanted.is_empty() {
         None
     } else {
+        // A successful fetch removes the partial area: finding it means an interrupted run.
+        let interrupted = partial_dir.is_dir();
         std::fs::create_dir_all(&partial_dir).map_err(|e| SwarmError::io(&partial_dir, e))?;
         let (piece_tx, piece_rx) = mpsc::channel::<u32>();
         let mut peers = opts.peers.clone();
@@ -532,12 +534,11 @@ async fn fetch_in_session(
             )),
             ..Default::default()
         };
-        let partial_bytes = allocated_bytes(&partial_dir, &files, &wanted);
-        if partial_bytes > 0 {
-            emit(&Event::Resuming {
-                partial_dir: partial_dir.display().to_string(),
-                partial_bytes,
-            });
+        if let Some(e) = interrupted
+            .then(|| left_over(&partial_dir, &files, &selected, &wanted))
+            .flatten()
+        {
+            emit(&e);
         }
         let handle = session
             .add_torrent_bytes(listed.torrent_bytes.to_vec(), add_opts, &info_hash)
@@ -1103,14 +1104,69 @@ fn place(partial_dir: &Path, out_dir: &Path, rel: &str, sha: [u8; 32]) -> Result
     }
 }
 
-/// What the wanted files of an interrupted run occupy in the partial area (librqbit may have
-/// created them sparse at full length: see [`swarmlm_manifest::store::allocated_len`]).
-fn allocated_bytes(partial_dir: &Path, files: &[TFile], wanted: &[usize]) -> u64 {
-    wanted
+/// What an interrupted run left for this one, if anything: see [`Event::Resuming`].
+fn left_over(
+    partial_dir: &Path,
+    files: &[TFile],
+    selected: &[usize],
+    wanted: &[usize],
+) -> Option<Event> {
+    let partial_bytes: u64 = wanted
         .iter()
-        .filter_map(|&i| std::fs::metadata(partial_dir.join(&files[i].path)).ok())
-        .map(|m| swarmlm_manifest::store::allocated_len(&m))
-        .sum()
+        .filter_map(|&i| data_len(&partial_dir.join(&files[i].path)).ok())
+        .sum();
+    let in_place: Vec<&TFile> = selected
+        .iter()
+        .filter(|i| !wanted.contains(i))
+        .map(|&i| &files[i])
+        .collect();
+    (partial_bytes > 0 || !in_place.is_empty()).then(|| Event::Resuming {
+        partial_dir: partial_dir.display().to_string(),
+        partial_bytes,
+        in_place_files: in_place.len(),
+        in_place_bytes: in_place.iter().map(|f| f.len).sum(),
+    })
+}
+
+/// Bytes of data in `path`: the sum of its data ranges (`SEEK_DATA` / `SEEK_HOLE`), which
+/// says what an interrupted download wrote. Not its length: librqbit creates files sparse at full
+/// length. Nor its allocated blocks: ext4 reports `st_blocks` short by up to a whole extent
+/// while delayed-allocation data is being written back, and a rerun right after `kill -9` looks
+/// at exactly the files the kernel is then writing back; the data ranges stay whole throughout.
+/// A file system without hole support reports the whole file as data (an overcount, never an
+/// undercount).
+fn data_len(path: &Path) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path)?;
+    let end = file.metadata()?.len();
+    let seek = |from: u64, whence: libc::c_int| -> std::io::Result<Option<u64>> {
+        let from = libc::off_t::try_from(from).map_err(std::io::Error::other)?;
+        // SAFETY: plain syscall on a descriptor `file` keeps open; no memory is passed.
+        let at = unsafe { libc::lseek(file.as_raw_fd(), from, whence) };
+        if at >= 0 {
+            return Ok(Some(at as u64));
+        }
+        let e = std::io::Error::last_os_error();
+        // ENXIO: no data at or after `from`.
+        match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        }
+    };
+    let mut total = 0;
+    let mut pos = 0;
+    while pos < end {
+        let Some(data) = seek(pos, libc::SEEK_DATA)? else {
+            break;
+        };
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        if hole <= data {
+            break; // the file shrank under us
+        }
+        total += hole - data;
+        pos = hole;
+    }
+    Ok(total)
 }
 
 fn sha256_file(path: &Path) -> Result<[u8; 32], SwarmError> {
@@ -1118,4 +1174,33 @@ fn sha256_file(path: &Path) -> Result<[u8; 32], SwarmError> {
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).map_err(|e| SwarmError::io(path, e))?;
     Ok(h.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn data_len_counts_written_ranges_of_a_sparse_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(8 << 20).unwrap();
+        assert_eq!(data_len(&path).unwrap(), 0);
+        // Two runs of 16 KiB blocks, as librqbit writes them, and one byte at the very end.
+        for off in (0..(100 << 10)).step_by(16 << 10) {
+            f.write_all_at(&[7u8; 16 << 10], off).unwrap();
+        }
+        f.write_all_at(&[9u8; 48 << 10], 3 << 20).unwrap();
+        f.write_all_at(&[1u8], (8 << 20) - 1).unwrap();
+        let written = (112 << 10) + (48 << 10) + 1;
+        let got = data_len(&path).unwrap();
+        // File systems count whole blocks (at most 64 KiB each here).
+        assert!(
+            (written..written + 3 * (64 << 10)).contains(&got),
+            "{got} bytes of data for {written} written"
+        );
+        assert!(data_len(&dir.path().join("missing")).is_err());
+    }
 }

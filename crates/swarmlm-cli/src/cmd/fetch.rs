@@ -54,7 +54,7 @@ pub struct Args {
     #[arg(long)]
     pub seed: bool,
     /// Progress as JSON lines on stdout, one object per event, named by its "event" field:
-    /// metadata, resuming (a rerun checks the partial area first), progress, file_verified,
+    /// metadata, resuming (what an interrupted run left: checked first), progress, file_verified,
     /// file_skipped, and a final done.
     #[arg(long)]
     pub json: bool,
@@ -277,9 +277,18 @@ impl Renderer {
             Event::Resuming {
                 partial_dir,
                 partial_bytes,
-            } => self.line(format!(
-                "resuming: checking the {partial_bytes} bytes already in {partial_dir} before fetching the rest"
-            )),
+                in_place_files,
+                in_place_bytes,
+            } => {
+                let placed = if *in_place_files > 0 {
+                    format!("{in_place_files} file(s) ({in_place_bytes} bytes) already verified and in place; ")
+                } else {
+                    String::new()
+                };
+                self.line(format!(
+                    "resuming: {placed}checking the {partial_bytes} bytes already in {partial_dir} before fetching the rest"
+                ))
+            }
             Event::FileVerified { path, size, .. } => {
                 self.line(format!("verified {path} ({size} bytes)"))
             }
