@@ -991,8 +991,8 @@ impl<'w> Pager<'w> {
         let block = &self.shared.blocks[b];
         let mut result = Ok(());
         for &k in block.phase.tensors() {
-            let rb = self.shared.row_bytes[k] as usize;
-            let part = block.rows.start * rb..block.rows.end * rb;
+            let span = block.span(k, self.shared.row_bytes);
+            let part = span.start as usize..span.end as usize;
             if let Err(e) = self
                 .checkpoint
                 .drop_page_cache_part(&self.names[idx][k], part)
@@ -1004,7 +1004,7 @@ impl<'w> Pager<'w> {
         for (p, &k) in block.pieces.clone().zip(block.phase.tensors()) {
             if st.entries[idx].pieces[p] == PieceState::Read {
                 st.entries[idx].pieces[p] = PieceState::Released;
-                st.stream_held -= block.rows.len() as u64 * self.shared.row_bytes[k];
+                st.stream_held -= block.bytes(k, self.shared.row_bytes);
             }
         }
         drop(st);
@@ -1036,7 +1036,7 @@ impl<'w> Pager<'w> {
                     st.entries[idx].pieces[p],
                     PieceState::Reading | PieceState::Read
                 ) {
-                    held += block.rows.len() as u64 * self.shared.row_bytes[k];
+                    held += block.bytes(k, self.shared.row_bytes);
                 }
             }
         }

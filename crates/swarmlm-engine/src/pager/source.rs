@@ -110,13 +110,11 @@ impl Files {
             ExpertSource::LocalFiles { ranges } => {
                 let mut pieces = Vec::new();
                 for r in ranges {
-                    if r.file >= self.files.len() {
-                        return Err(format!("file index {} out of range", r.file));
-                    }
+                    let file = self.file_of(r)?;
                     let mut at = r.offset;
                     while at < r.offset + r.len {
                         let len = (r.offset + r.len - at).min(chunk as u64);
-                        pieces.push((r.file, at, len as usize));
+                        pieces.push((file, at, len as usize));
                         at += len;
                     }
                 }
@@ -142,24 +140,28 @@ impl Files {
                 for b in blocks {
                     for &k in b.phase.tensors() {
                         let r = &ranges[k];
-                        if r.file >= self.files.len() {
-                            return Err(format!("file index {} out of range", r.file));
-                        }
-                        let (start, end) = (b.rows.start as u64, b.rows.end as u64);
-                        if end * row_bytes[k] > r.len {
+                        let file = self.file_of(r)?;
+                        let span = b.span(k, row_bytes);
+                        if span.end > r.len {
                             return Err(format!(
-                                "tensor {k} holds {} bytes, rows up to {end} need {}",
-                                r.len,
-                                end * row_bytes[k]
+                                "tensor {k} holds {} bytes, rows up to {} need {}",
+                                r.len, b.rows.end, span.end
                             ));
                         }
-                        let len = (end - start) * row_bytes[k];
-                        pieces.push((r.file, r.offset + start * row_bytes[k], len as usize));
+                        pieces.push((file, r.offset + span.start, b.bytes(k, row_bytes) as usize));
                     }
                 }
                 Ok(pieces)
             }
         }
+    }
+
+    /// The index of `r`'s file among the open files, checked.
+    fn file_of(&self, r: &FileRange) -> Result<usize, String> {
+        if r.file >= self.files.len() {
+            return Err(format!("file index {} out of range", r.file));
+        }
+        Ok(r.file)
     }
 
     /// Reads one piece into `buf` (at least the piece's length), which leaves its bytes in
@@ -197,6 +199,21 @@ pub struct Block {
     pub phase: Phase,
     pub rows: std::ops::Range<usize>,
     pub pieces: std::ops::Range<usize>,
+}
+
+impl Block {
+    /// Where this block's rows of tensor `k` (0 = w1, 1 = w3, 2 = w2) lie in that tensor, in
+    /// bytes, for rows of `row_bytes[k]` bytes: the piece that is planned, read, held and
+    /// dropped for it.
+    pub fn span(&self, k: usize, row_bytes: [u64; 3]) -> std::ops::Range<u64> {
+        self.rows.start as u64 * row_bytes[k]..self.rows.end as u64 * row_bytes[k]
+    }
+
+    /// The length of [`Block::span`]: the bytes of its piece.
+    pub fn bytes(&self, k: usize, row_bytes: [u64; 3]) -> u64 {
+        let span = self.span(k, row_bytes);
+        span.end - span.start
+    }
 }
 
 /// Cuts an expert of `inter × hidden` into blocks whose pieces are at most `piece` bytes
