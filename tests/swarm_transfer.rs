@@ -184,15 +184,22 @@ fn kill_dash_nine_part_way_then_rerun_completes_without_refetching() {
         "rerun downloaded {second} bytes of {total}; {have_at_kill} were verified before the kill"
     );
 
-    // What the seeder sent over both runs: the payload plus what was in flight at the kill.
-    std::thread::sleep(Duration::from_millis(1500));
-    let uploaded = seeder
-        .events
-        .try_iter()
-        .filter(|e| e["event"] == "seed_progress")
-        .filter_map(|e| e["uploaded_bytes"].as_u64())
-        .max()
-        .unwrap();
+    // What the seeder sent over both runs: the payload plus what was in flight at the kill. It
+    // reports once a second; wait for a report that covers at least what both runs received.
+    let received = have_at_kill + second;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut uploaded = 0;
+    while uploaded < received {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(e) = seeder.events.recv_timeout(left) else {
+            panic!(
+                "the seeder reported {uploaded} bytes uploaded, the leechers received {received}"
+            );
+        };
+        if e["event"] == "seed_progress" {
+            uploaded = uploaded.max(e["uploaded_bytes"].as_u64().unwrap());
+        }
+    }
     assert!(
         uploaded <= total + total / 4,
         "seeder uploaded {uploaded} bytes for a {total}-byte model"
