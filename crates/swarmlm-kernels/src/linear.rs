@@ -229,19 +229,21 @@ fn matvec_rows<B: Backend>(b: B, w: &[bf16], x: &[f32], y: &mut [f32], mode: Mod
         Mode::AddScaled(s) => *y += s * v,
     };
     let rows = y.len();
-    // The eight rows of a micro-kernel call come from the eight eighths of the block, so each
-    // of the eight read streams runs contiguously through its part (consecutive rows are
+    // The four rows of a micro-kernel call come from the four quarters of the block, so each
+    // of the four read streams runs contiguously through its part (consecutive rows are
     // adjacent in memory) instead of restarting every few rows, which keeps the hardware
-    // prefetchers locked on; eight streams per core keep more lines in flight than four
-    // (measured on the AVX2 machine: 4 streams ~86%, 8 streams ~93% of the read probe).
-    let q = rows / 8;
+    // prefetchers locked on. Four streams per core beat eight with both cores streaming
+    // (session 6, same-process A/B on the mapped models: equal on 8x7B shapes, +1-5% on the
+    // short rows of `small`; sixteen streams were 3-15% slower), since each stream is twice
+    // as long per chunk and the memory system sees half as many at once.
+    let q = rows / 4;
     for i in 0..q {
-        let v = b.dot_rows::<8>(std::array::from_fn(|k| row(k * q + i)), x);
-        for k in 0..8 {
+        let v = b.dot_rows::<4>(std::array::from_fn(|k| row(k * q + i)), x);
+        for k in 0..4 {
             emit(&mut y[k * q + i], v[k]);
         }
     }
-    for r in 8 * q..rows {
+    for r in 4 * q..rows {
         let v = b.dot_rows::<1>([row(r)], x);
         emit(&mut y[r], v[0]);
     }
@@ -573,20 +575,16 @@ fn gate_up_driver<B: Backend>(
         let h = unsafe { hs.slice(r.clone()) };
         let g = |i: usize| &w1[i * cols..(i + 1) * cols];
         let u = |i: usize| &w3[i * cols..(i + 1) * cols];
-        // Rows i, q + i, 2q + i, 3q + i of each matrix: eight long contiguous read streams
-        // (see `matvec_rows`).
-        let q = r.len() / 4;
+        // Rows i and q + i of each matrix: four long contiguous read streams (see
+        // `matvec_rows`).
+        let q = r.len() / 2;
         for k in 0..q {
-            let rows: [usize; 4] = std::array::from_fn(|j| r.start + j * q + k);
-            let v = b.dot_rows::<8>(
-                std::array::from_fn(|j| if j < 4 { g(rows[j]) } else { u(rows[j - 4]) }),
-                x,
-            );
-            for j in 0..4 {
-                h[j * q + k] = silu(v[j]) * v[4 + j];
-            }
+            let (i, j) = (r.start + k, r.start + q + k);
+            let v = b.dot_rows::<4>([g(i), g(j), u(i), u(j)], x);
+            h[k] = silu(v[0]) * v[2];
+            h[q + k] = silu(v[1]) * v[3];
         }
-        for k in 4 * q..r.len() {
+        for k in 2 * q..r.len() {
             let i = r.start + k;
             let v = b.dot_rows::<2>([g(i), u(i)], x);
             h[k] = silu(v[0]) * v[1];
