@@ -11,6 +11,8 @@
 
 use std::path::Path;
 
+use tokenizers::Model;
+
 use super::TokenizerError;
 
 pub(crate) struct HfTokenizer {
@@ -19,9 +21,9 @@ pub(crate) struct HfTokenizer {
     /// fresh vocabulary map on every call, so it is cached.
     vocab_size: usize,
     /// `is_byte[id]`: the token is a byte-fallback token `<0xNN>`.
-    is_byte: Vec<bool>,
+    pub(super) is_byte: Vec<bool>,
     /// `is_special[id]`: decode skips the token (so it does not end a run of byte tokens).
-    is_special: Vec<bool>,
+    pub(super) is_special: Vec<bool>,
 }
 
 impl std::fmt::Debug for HfTokenizer {
@@ -32,17 +34,67 @@ impl std::fmt::Debug for HfTokenizer {
     }
 }
 
+/// What [`HfTokenizer`] keeps about a vocabulary (model and added tokens): one past the
+/// largest id, and the ids of byte-fallback tokens `<0xNN>`.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct VocabFacts {
+    pub(crate) size: usize,
+    pub(crate) byte_ids: Vec<u32>,
+}
+
+impl VocabFacts {
+    pub(crate) fn of<'a>(entries: impl IntoIterator<Item = (&'a str, u32)>) -> VocabFacts {
+        let mut facts = VocabFacts::default();
+        for (token, id) in entries {
+            facts.add(token, id);
+        }
+        facts
+    }
+
+    pub(crate) fn add(&mut self, token: &str, id: u32) {
+        self.size = self.size.max(id as usize + 1);
+        let hex = token.strip_prefix("<0x").and_then(|t| t.strip_suffix('>'));
+        if hex.is_some_and(|h| h.len() == 2 && u8::from_str_radix(h, 16).is_ok()) {
+            self.byte_ids.push(id);
+        }
+    }
+}
+
+/// The `tokenizers` crate's own parse of a whole `tokenizer.json`.
+pub(crate) fn full_parse(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<tokenizers::Tokenizer, TokenizerError> {
+    tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| TokenizerError::HfLoad {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
 impl HfTokenizer {
     pub(crate) fn from_file(path: &Path) -> Result<HfTokenizer, TokenizerError> {
         let bytes = std::fs::read(path).map_err(|source| TokenizerError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut inner =
-            tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| TokenizerError::HfLoad {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+        HfTokenizer::from_bytes(&bytes, path)
+    }
+
+    /// `bytes` are the contents of `path` (named in errors).
+    pub(crate) fn from_bytes(bytes: &[u8], path: &Path) -> Result<HfTokenizer, TokenizerError> {
+        let (mut inner, mut facts) = match super::hf_fast::load(bytes) {
+            Ok(loaded) => (loaded.tokenizer, loaded.model_vocab),
+            Err(why) => {
+                tracing::debug!(
+                    "{}: fast BPE loader declined ({why}); using the full parse",
+                    path.display()
+                );
+                let inner = full_parse(bytes, path)?;
+                let vocab = inner.get_model().get_vocab();
+                let facts = VocabFacts::of(vocab.iter().map(|(t, &id)| (t.as_str(), id)));
+                (inner, facts)
+            }
+        };
         // A prompt must never be cut or padded behind the caller's back.
         inner
             .with_truncation(None)
@@ -51,17 +103,17 @@ impl HfTokenizer {
                 message: e.to_string(),
             })?;
         inner.with_padding(None);
-        let vocab = inner.get_vocab(true);
-        let vocab_size = vocab.values().max().map_or(0, |&max| max as usize + 1);
+        let added = inner.get_added_tokens_decoder();
+        for (&id, token) in &added {
+            facts.add(&token.content, id);
+        }
+        let vocab_size = facts.size;
         let mut is_byte = vec![false; vocab_size];
-        for (token, &id) in &vocab {
-            let hex = token.strip_prefix("<0x").and_then(|t| t.strip_suffix('>'));
-            if hex.is_some_and(|h| h.len() == 2 && u8::from_str_radix(h, 16).is_ok()) {
-                is_byte[id as usize] = true;
-            }
+        for id in facts.byte_ids {
+            is_byte[id as usize] = true;
         }
         let mut is_special = vec![false; vocab_size];
-        for (id, token) in inner.get_added_tokens_decoder() {
+        for (&id, token) in &added {
             if token.special {
                 if let Some(flag) = is_special.get_mut(id as usize) {
                     *flag = true;

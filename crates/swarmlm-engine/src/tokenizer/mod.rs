@@ -9,6 +9,7 @@
 //! while tokens are generated.
 
 mod hf;
+mod hf_fast;
 mod sentencepiece;
 
 use std::path::{Path, PathBuf};
