@@ -63,23 +63,74 @@ impl Isa {
 
     /// The path the default kernels use: the best supported one, or the one named by the
     /// `SWARMLM_KERNELS_ISA` environment variable if that is supported (for A/B measurements).
-    /// Decided once per process.
+    /// Decided once per process. A name that is unknown or not supported here is not silently
+    /// ignored: one line on stderr says so and which path runs instead, so an A/B run cannot
+    /// compare a path with itself unawares.
     pub fn detect() -> Isa {
         static CHOSEN: OnceLock<Isa> = OnceLock::new();
         *CHOSEN.get_or_init(|| {
-            if let Ok(v) = std::env::var("SWARMLM_KERNELS_ISA") {
-                if let Some(i) = Isa::from_name(v.trim()) {
-                    if i.is_supported() {
-                        return i;
-                    }
-                }
+            let wanted = std::env::var("SWARMLM_KERNELS_ISA").ok();
+            let (isa, warning) = Isa::choose(wanted.as_deref());
+            if let Some(w) = warning {
+                eprintln!("swarmlm: {w}");
             }
-            Isa::available()[0]
+            isa
         })
+    }
+
+    /// The path for a `SWARMLM_KERNELS_ISA` value (`None`: unset), and why the value was not
+    /// taken, if it was not.
+    fn choose(wanted: Option<&str>) -> (Isa, Option<String>) {
+        let best = Isa::available()[0];
+        let Some(name) = wanted.map(str::trim).filter(|n| !n.is_empty()) else {
+            return (best, None);
+        };
+        match Isa::from_name(name) {
+            Some(i) if i.is_supported() => (i, None),
+            Some(_) => (
+                best,
+                Some(format!(
+                    "SWARMLM_KERNELS_ISA={name}: this CPU cannot run it; using {}",
+                    best.name()
+                )),
+            ),
+            None => (
+                best,
+                Some(format!(
+                    "SWARMLM_KERNELS_ISA={name} is not one of avx512bf16, avx512, avx2, scalar; \
+                     using {}",
+                    best.name()
+                )),
+            ),
+        }
     }
 }
 
 /// The path chosen at run time: `"avx512bf16" | "avx512" | "avx2" | "scalar"`.
 pub fn isa() -> &'static str {
     Isa::detect().name()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Isa;
+
+    #[test]
+    fn an_unknown_or_unsupported_isa_name_is_reported_not_ignored() {
+        let best = Isa::available()[0];
+        assert_eq!(Isa::choose(None), (best, None));
+        assert_eq!(Isa::choose(Some(" ")), (best, None));
+        assert_eq!(Isa::choose(Some("scalar")), (Isa::Scalar, None));
+        let (i, w) = Isa::choose(Some("avx3"));
+        assert_eq!(i, best);
+        assert!(w.unwrap().contains("avx3 is not one of"));
+        if let Some(missing) = [Isa::Avx512Bf16, Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .find(|i| !i.is_supported())
+        {
+            let (i, w) = Isa::choose(Some(missing.name()));
+            assert_eq!(i, best);
+            assert!(w.unwrap().contains("this CPU cannot run it"));
+        }
+    }
 }
