@@ -21,7 +21,6 @@
 //! The catalogue (`magnets/*.toml`) is compiled into the binary with `include_str!`, so a bare
 //! catalogue name works from an installed binary in any working directory.
 
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use crate::{
@@ -242,8 +241,8 @@ pub struct StoreEntry {
     pub dir: PathBuf,
     /// From the stored manifest; for an unmanaged folder, guessed from its file names.
     pub format: Option<ModelFormat>,
-    /// Bytes on disk: the model's files in place plus what the partial area holds (allocated
-    /// blocks, so a preallocated sparse file counts only what was written).
+    /// Bytes on disk: the model's files in place plus what the partial area holds (its data
+    /// ranges, so a preallocated sparse file counts only what was written).
     pub size: u64,
     /// The manifest's total size, when known.
     pub total_size: Option<u64>,
@@ -430,17 +429,52 @@ fn collect_names(base: &Path, dir: &Path, out: &mut Vec<String>) {
     }
 }
 
-/// The bytes a file holds on disk: its written blocks, never more than its length. A download
-/// in progress may be preallocated (sparse) at full length, so its length says nothing.
-pub fn allocated_len(meta: &std::fs::Metadata) -> u64 {
-    meta.len().min(meta.blocks().saturating_mul(512))
+/// Bytes of data in `path`: the sum of its data ranges (`SEEK_DATA` / `SEEK_HOLE`), which
+/// says what an interrupted download wrote. Not its length: librqbit creates files sparse at full
+/// length. Nor its allocated blocks: ext4 reports `st_blocks` short by up to a whole extent
+/// while delayed-allocation data is being written back, and a rerun right after `kill -9` looks
+/// at exactly the files the kernel is then writing back; the data ranges stay whole throughout.
+/// A file system without hole support reports the whole file as data (an overcount, never an
+/// undercount).
+pub fn data_len(path: &Path) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path)?;
+    let end = file.metadata()?.len();
+    let seek = |from: u64, whence: libc::c_int| -> std::io::Result<Option<u64>> {
+        let from = libc::off_t::try_from(from).map_err(std::io::Error::other)?;
+        // SAFETY: plain syscall on a descriptor `file` keeps open; no memory is passed.
+        let at = unsafe { libc::lseek(file.as_raw_fd(), from, whence) };
+        if at >= 0 {
+            return Ok(Some(at as u64));
+        }
+        let e = std::io::Error::last_os_error();
+        // ENXIO: no data at or after `from`.
+        match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        }
+    };
+    let mut total = 0;
+    let mut pos = 0;
+    while pos < end {
+        let Some(data) = seek(pos, libc::SEEK_DATA)? else {
+            break;
+        };
+        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
+        if hole <= data {
+            break; // the file shrank under us
+        }
+        total += hole - data;
+        pos = hole;
+    }
+    Ok(total)
 }
 
 /// Bytes of the regular files under `dir` (not following links, skipping the top-level
-/// bookkeeping folder). `allocated`: count written blocks instead of lengths, because a download
-/// in progress may be preallocated at full length.
-fn tree_bytes(dir: &Path, allocated: bool) -> u64 {
-    fn walk(base: &Path, dir: &Path, allocated: bool) -> u64 {
+/// bookkeeping folder). `in_progress`: count each file's data ([`data_len`]) instead of its
+/// length, because a download in progress may be preallocated at full length.
+fn tree_bytes(dir: &Path, in_progress: bool) -> u64 {
+    fn walk(base: &Path, dir: &Path, in_progress: bool) -> u64 {
         let Ok(read) = std::fs::read_dir(dir) else {
             return 0;
         };
@@ -451,10 +485,11 @@ fn tree_bytes(dir: &Path, allocated: bool) -> u64 {
                 if dir == base && item.file_name() == STATE_DIR {
                     continue;
                 }
-                total += walk(base, &item.path(), allocated);
+                total += walk(base, &item.path(), in_progress);
             } else if meta.is_file() {
-                total += if allocated {
-                    allocated_len(&meta)
+                total += if in_progress {
+                    // A file that vanished or cannot be read holds nothing this run can reuse.
+                    data_len(&item.path()).unwrap_or(0)
                 } else {
                     meta.len()
                 };
@@ -462,7 +497,7 @@ fn tree_bytes(dir: &Path, allocated: bool) -> u64 {
         }
         total
     }
-    walk(dir, dir, allocated)
+    walk(dir, dir, in_progress)
 }
 
 /// Delete model `name` from the process's store. Returns the folder that was removed.
@@ -715,5 +750,49 @@ mod tests {
         assert_eq!(remove_in(r, "model").unwrap(), r.join("model"));
         assert!(!r.join("model").exists());
         assert!(r.is_dir());
+    }
+
+    #[test]
+    fn data_len_counts_written_ranges_of_a_sparse_file() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(8 << 20).unwrap();
+        assert_eq!(data_len(&path).unwrap(), 0);
+        // Two runs of 16 KiB blocks, as librqbit writes them, and one byte at the very end.
+        for off in (0..(100 << 10)).step_by(16 << 10) {
+            f.write_all_at(&[7u8; 16 << 10], off).unwrap();
+        }
+        f.write_all_at(&[9u8; 48 << 10], 3 << 20).unwrap();
+        f.write_all_at(&[1u8], (8 << 20) - 1).unwrap();
+        let written = (112 << 10) + (48 << 10) + 1;
+        let got = data_len(&path).unwrap();
+        // File systems count whole blocks (at most 64 KiB each here).
+        assert!(
+            (written..written + 3 * (64 << 10)).contains(&got),
+            "{got} bytes of data for {written} written"
+        );
+        assert!(data_len(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn a_sparse_partial_file_counts_only_its_data_in_the_size() {
+        use std::os::unix::fs::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        let model = dir.path().join("m");
+        let partial = model.join(STATE_DIR).join(PARTIAL_DIR);
+        std::fs::create_dir_all(&partial).unwrap();
+        std::fs::write(model.join("config.json"), [1u8; 10]).unwrap();
+        // Preallocated at full length as librqbit does, 64 KiB of it written.
+        let f = std::fs::File::create(partial.join("model.safetensors")).unwrap();
+        f.set_len(8 << 20).unwrap();
+        f.write_all_at(&[7u8; 64 << 10], 1 << 20).unwrap();
+        let size = inspect("m", &model).size;
+        let written = 10 + (64 << 10);
+        assert!(
+            (written..written + (64 << 10)).contains(&size),
+            "size {size} for {written} bytes written"
+        );
     }
 }

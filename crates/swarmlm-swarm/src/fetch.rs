@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use librqbit::{AddTorrent, AddTorrentOptions, AddTorrentResponse, ManagedTorrent};
 use sha2::{Digest, Sha256};
+use swarmlm_manifest::store::data_len;
 use swarmlm_manifest::{record::stat_file, FileEntry, Magnet, Manifest, ModelFormat, Record};
 
 use crate::error::SwarmError;
@@ -1128,79 +1129,9 @@ fn left_over(
     })
 }
 
-/// Bytes of data in `path`: the sum of its data ranges (`SEEK_DATA` / `SEEK_HOLE`), which
-/// says what an interrupted download wrote. Not its length: librqbit creates files sparse at full
-/// length. Nor its allocated blocks: ext4 reports `st_blocks` short by up to a whole extent
-/// while delayed-allocation data is being written back, and a rerun right after `kill -9` looks
-/// at exactly the files the kernel is then writing back; the data ranges stay whole throughout.
-/// A file system without hole support reports the whole file as data (an overcount, never an
-/// undercount).
-fn data_len(path: &Path) -> std::io::Result<u64> {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(path)?;
-    let end = file.metadata()?.len();
-    let seek = |from: u64, whence: libc::c_int| -> std::io::Result<Option<u64>> {
-        let from = libc::off_t::try_from(from).map_err(std::io::Error::other)?;
-        // SAFETY: plain syscall on a descriptor `file` keeps open; no memory is passed.
-        let at = unsafe { libc::lseek(file.as_raw_fd(), from, whence) };
-        if at >= 0 {
-            return Ok(Some(at as u64));
-        }
-        let e = std::io::Error::last_os_error();
-        // ENXIO: no data at or after `from`.
-        match e.raw_os_error() {
-            Some(libc::ENXIO) => Ok(None),
-            _ => Err(e),
-        }
-    };
-    let mut total = 0;
-    let mut pos = 0;
-    while pos < end {
-        let Some(data) = seek(pos, libc::SEEK_DATA)? else {
-            break;
-        };
-        let hole = seek(data, libc::SEEK_HOLE)?.unwrap_or(end).min(end);
-        if hole <= data {
-            break; // the file shrank under us
-        }
-        total += hole - data;
-        pos = hole;
-    }
-    Ok(total)
-}
-
 fn sha256_file(path: &Path) -> Result<[u8; 32], SwarmError> {
     let mut f = std::fs::File::open(path).map_err(|e| SwarmError::io(path, e))?;
     let mut h = Sha256::new();
     std::io::copy(&mut f, &mut h).map_err(|e| SwarmError::io(path, e))?;
     Ok(h.finalize().into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::FileExt;
-
-    #[test]
-    fn data_len_counts_written_ranges_of_a_sparse_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("sparse");
-        let f = std::fs::File::create(&path).unwrap();
-        f.set_len(8 << 20).unwrap();
-        assert_eq!(data_len(&path).unwrap(), 0);
-        // Two runs of 16 KiB blocks, as librqbit writes them, and one byte at the very end.
-        for off in (0..(100 << 10)).step_by(16 << 10) {
-            f.write_all_at(&[7u8; 16 << 10], off).unwrap();
-        }
-        f.write_all_at(&[9u8; 48 << 10], 3 << 20).unwrap();
-        f.write_all_at(&[1u8], (8 << 20) - 1).unwrap();
-        let written = (112 << 10) + (48 << 10) + 1;
-        let got = data_len(&path).unwrap();
-        // File systems count whole blocks (at most 64 KiB each here).
-        assert!(
-            (written..written + 3 * (64 << 10)).contains(&got),
-            "{got} bytes of data for {written} written"
-        );
-        assert!(data_len(&dir.path().join("missing")).is_err());
-    }
 }
