@@ -108,6 +108,26 @@ fn outputs(model: &Model<'_>, prompt: &[u32], text: &[u32], n: usize) -> Outputs
     }
 }
 
+/// Decodes `tokens` one by one under a pager of `budget_bytes` with `policy` (no prefetch, page
+/// cache kept), checks the budget held, and returns the expert hit rate.
+fn hit_rate(model: &mut Model<'_>, budget_bytes: u64, policy: Policy, tokens: &[u32]) -> f64 {
+    let cfg = PagerConfig {
+        budget_bytes,
+        policy,
+        prefetch: Prefetch::Off,
+        drop_page_cache: false,
+    };
+    model.attach_pager(cfg).unwrap();
+    let mut s = Session::new(model, tokens.len());
+    for &id in tokens {
+        s.decode_step(id).unwrap();
+    }
+    let st = model.pager().unwrap().stats();
+    eprintln!("{policy:?}\n{}", st.table());
+    assert!(st.resident_expert_bytes_peak <= budget_bytes);
+    st.totals().hit_rate()
+}
+
 fn assert_same(what: &str, a: &Outputs, b: &Outputs) {
     assert_eq!(a.greedy, b.greedy, "{what}: greedy tokens differ");
     assert!(a.forced == b.forced, "{what}: teacher-forced logits differ");
@@ -422,24 +442,11 @@ fn layer_lru_keeps_hits_when_one_token_needs_more_than_the_budget() {
     let mut model = Model::load(&ckpt, 1).unwrap();
     model.attach_pager(PagerConfig::new(1 << 40)).unwrap();
     let eb = model.pager().unwrap().expert_bytes();
-    let mut rate = Vec::new();
-    for policy in [Policy::Lru, Policy::LayerLru, Policy::LayerFreq] {
-        let cfg = PagerConfig {
-            budget_bytes: 4 * eb,
-            policy,
-            prefetch: Prefetch::Off,
-            drop_page_cache: false,
-        };
-        model.attach_pager(cfg).unwrap();
-        let mut s = Session::new(&model, 300);
-        for i in 0..300u32 {
-            s.decode_step((i * 37 + 11) % 512).unwrap();
-        }
-        let st = model.pager().unwrap().stats();
-        eprintln!("{policy:?}\n{}", st.table());
-        assert!(st.resident_expert_bytes_peak <= 4 * eb);
-        rate.push(st.totals().hit_rate());
-    }
+    let tokens: Vec<u32> = (0..300u32).map(|i| (i * 37 + 11) % 512).collect();
+    let rate: Vec<f64> = [Policy::Lru, Policy::LayerLru, Policy::LayerFreq]
+        .into_iter()
+        .map(|policy| hit_rate(&mut model, 4 * eb, policy, &tokens))
+        .collect();
     // 4 stable experts for 4 layers: ~12.5% on uniform routing (2 requests per layer a token,
     // 1/4 chance each that the kept expert is picked; 2 slots stable before streaming: ~6%);
     // the global LRU gets none.
@@ -460,25 +467,12 @@ fn shakespeare_frequency_beats_recency_with_one_stable_expert_per_layer() {
     let mut model = Model::load(&ckpt, 1).unwrap();
     model.attach_pager(PagerConfig::new(1 << 40)).unwrap();
     let eb = model.pager().unwrap().expert_bytes();
-    let mut rate = Vec::new();
-    for policy in [Policy::LayerLru, Policy::LayerFreq] {
-        let cfg = PagerConfig {
-            budget_bytes: 4 * eb,
-            policy,
-            prefetch: Prefetch::Off,
-            drop_page_cache: false,
-        };
-        model.attach_pager(cfg).unwrap();
-        let mut s = Session::new(&model, 513);
-        s.decode_step(1).unwrap();
-        for &id in &held[..512] {
-            s.decode_step(id).unwrap();
-        }
-        let st = model.pager().unwrap().stats();
-        eprintln!("{policy:?}\n{}", st.table());
-        assert!(st.resident_expert_bytes_peak <= 4 * eb);
-        rate.push(st.totals().hit_rate());
-    }
+    let mut tokens = vec![1u32];
+    tokens.extend_from_slice(&held[..512]);
+    let rate: Vec<f64> = [Policy::LayerLru, Policy::LayerFreq]
+        .into_iter()
+        .map(|policy| hit_rate(&mut model, 4 * eb, policy, &tokens))
+        .collect();
     eprintln!(
         "hit rate: layer-lru {:.3}, layer-freq {:.3}",
         rate[0], rate[1]
