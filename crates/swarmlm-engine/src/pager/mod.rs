@@ -112,11 +112,11 @@ pub enum Policy {
     /// streamed: computed piece by piece as its bytes arrive, holding only the read buffers.
     LayerLru,
     /// Like [`Policy::LayerLru`]'s streaming mode at every budget below the whole model, with
-    /// the stable experts
-    /// chosen by routing frequency: each expert has a score (its picks, decayed by
-    /// `SCORE_DECAY` per token) and a missed expert takes a slot only from a resident
-    /// expert of its layer with a lower score; otherwise it is streamed. A recency order
-    /// replaces a stable expert with every expert that misses; this keeps the often-picked ones.
+    /// the stable experts chosen by routing frequency: each expert has a score (its picks,
+    /// decayed by `SCORE_DECAY` per token) and a missed expert takes a slot only from a
+    /// resident expert of its layer with a lower score; otherwise it is streamed. A recency
+    /// order replaces a stable expert with every expert that misses; this keeps the
+    /// often-picked ones.
     LayerFreq,
 }
 
