@@ -29,6 +29,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -69,15 +70,19 @@ class Proc:
 
     def __init__(self, cmd, env=None):
         self.cmd = cmd
-        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # stderr goes to a file, not a pipe: nothing reads it while the child runs, and a child
+        # that logged more than a pipe holds (64 KiB) would block mid-segment.
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
                                   text=True, env=env)
         self.ready = self.read()
 
     def read(self):
         line = self.p.stdout.readline()
         if not line:
-            err = self.p.stderr.read()
-            raise RuntimeError(f"{self.cmd[0]} ended: {err[-3000:]}")
+            self.p.wait()
+            self.err.seek(0)
+            raise RuntimeError(f"{self.cmd[0]} ended: {self.err.read()[-3000:]}")
         j = json.loads(line)
         if "error" in j:
             raise RuntimeError(f"{self.cmd[0]}: {j['error']}")
